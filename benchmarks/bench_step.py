@@ -11,8 +11,7 @@ Precision (``--dtype bf16``):
     or ``--ours-bf16 autocast``. ``--hf-bf16 weights`` gets the same fp32-master optimizer.
 Both use torch.optim.AdamW(foreach=True, lr 1e-4, weight decay 0.01) on fp32 (master) params.
 
-Model FLOPs per token (training/flops.py's formula, except that the relative table is projected once per
-micro-batch of b sequences, as both implementations do, not once per sequence), training = 3 x forward:
+Model FLOPs per token (megatron_vega/training/flops.py, the formula the trainer logs), training = 3 x forward:
   fwd = 2 * [ L * (3hp + ph + 2hf                 # QKV, output projection, FFN
                    + 2sp + (c2p+p2c) * 2k * p      # QK^T, PV; Q.Kr^T and K.Qr^T against the 2k relative rows
                    + (c2p+p2c) * 2k * h * p / (s*b))  # projecting the [2k, h] relative table per layer
@@ -34,6 +33,7 @@ import torch  # noqa: E402
 from megatron_vega import runtime  # noqa: E402
 from megatron_vega.config import ParallelConfig, model_preset  # noqa: E402
 from megatron_vega.convert.hf_mapping import hf_config_dict  # noqa: E402
+from megatron_vega.training.flops import train_flops_per_token  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,15 +60,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--memory-probe", choices=["ours", "hf"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
-
-
-def train_flops_per_token(cfg, s: int, b: int, m: float) -> float:
-    """The formula in the module docstring (model FLOPs; m = 1 gives HF's executed head FLOPs)."""
-    h, f, p = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads * cfg.kv_channels
-    terms, span2 = sum(cfg.pos_terms), 2 * cfg.attention_span
-    layer = 3 * h * p + p * h + 2 * h * f + 2 * s * p + terms * span2 * p + terms * span2 * h * p / (s * b)
-    conv = h * h * cfg.conv_kernel_size if cfg.conv_kernel_size else 0
-    return 3 * 2.0 * (cfg.num_layers * layer + conv + m * (h * h + h * cfg.vocab_size))
 
 
 def model_config(args):
@@ -233,8 +224,9 @@ def run(args, argv) -> dict:
     peak = sampler.summary()
 
     tokens = args.batch * args.seq
-    model_flops = train_flops_per_token(cfg, args.seq, args.batch, args.mask_prob)
-    executed = {"ours": model_flops, "hf": train_flops_per_token(cfg, args.seq, args.batch, 1.0)}
+    model_flops = train_flops_per_token(cfg, args.seq, args.mask_prob, micro_batch_size=args.batch)
+    # HF computes the output layer at every position
+    executed = {"ours": model_flops, "hf": train_flops_per_token(cfg, args.seq, 1.0, micro_batch_size=args.batch)}
     results = {}
     for name in names:
         t = timing[name]

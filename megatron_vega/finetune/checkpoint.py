@@ -6,28 +6,15 @@ checkpoint (its MLM head and optimizer state are simply not requested) into any 
 stored under their own names (``pooler.dense.weight``, ``classifier.weight``, ...), replicated, and only weights
 are saved: the fine-tuned model is the best-dev one, not the last optimizer state.
 """
-import os
-import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.utils import make_sharded_tensor_for_checkpoint
 
 from megatron_vega.errors import VegaInputError
 from megatron_vega.model.weights import parameters_by_global_name, sharded_state_dict
-from megatron_vega.training.checkpointing import TRACKER, iteration_dir, latest_iteration
-
-
-def checkpoint_path(root: str) -> Path:
-    iteration = latest_iteration(root) if Path(root).is_dir() else None
-    if iteration is None:
-        raise VegaInputError(root, f"no {TRACKER}: not a checkpoint directory (or no checkpoint finished)")
-    path = iteration_dir(root, iteration)
-    if not (path / "metadata.json").exists():
-        raise VegaInputError(str(path), "incomplete checkpoint (no metadata.json)")
-    return path
+from megatron_vega.training.checkpointing import checkpoint_path, publish
 
 
 def read_extra(root: str) -> dict:
@@ -59,22 +46,6 @@ def load(root: str, model, with_head: bool) -> None:
 
 def save(root: str, iteration: int, model, extra: dict) -> Path:
     """Write the model's weights as checkpoint ``iteration`` of ``root`` and publish it. Collective."""
-    final = iteration_dir(root, iteration)
-    tmp = final.with_name(final.name + ".tmp")
-    if dist.get_rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
     layout = {"tp": parallel_state.get_tensor_model_parallel_world_size(), "pp": 1,
               "dp": parallel_state.get_data_parallel_world_size()}
-    dist_checkpointing.save({"model": _model_state(model, True), "extra": extra, "layout": layout}, str(tmp))
-    dist.barrier()
-    if dist.get_rank() == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        tracker = Path(root) / TRACKER
-        tracker.with_name(TRACKER + ".tmp").write_text(f"{iteration}\n")
-        os.replace(tracker.with_name(TRACKER + ".tmp"), tracker)
-    dist.barrier()
-    return final
+    return publish(root, iteration, {"model": _model_state(model, True), "extra": extra, "layout": layout})

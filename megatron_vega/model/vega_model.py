@@ -141,10 +141,8 @@ class VegaModel(MegatronModule):
         cfg = self.cfg
         rel_index = relative_index(s, cfg.position_buckets, cfg.max_relative, cfg.attention_span,
                                    str(padding_mask.device))
-        mask_bias = None  # no padding (packed pretraining batches): nothing to add to the [b, h, s, s] scores
-        if not bool(padding_mask.all()):
-            pair = padding_mask[:, None, :, None] * padding_mask[:, None, None, :]  # [b, 1, s, s], HF's pairwise mask
-            mask_bias = (1.0 - pair.to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        pair = padding_mask[:, None, :, None] * padding_mask[:, None, None, :]  # [b, 1, s, s], HF's pairwise mask
+        mask_bias = (1.0 - pair.to(hidden.dtype)) * torch.finfo(hidden.dtype).min
         rel = self.rel_embeddings.weight
         if self.rel_layernorm is not None:
             rel = self.rel_layernorm(rel)

@@ -85,16 +85,16 @@ def _state(chunks, optimizer, scheduler, extra: dict, loading: bool, with_optimi
     return state
 
 
-def save(root: str, iteration: int, chunks, optimizer, scheduler, extra: dict) -> Path:
-    """Write checkpoint `iteration` and publish it as latest. Collective: every rank calls it.
-    Without an optimizer (conversions) the checkpoint holds the weights only."""
+def publish(root: str, iteration: int, state: dict) -> Path:
+    """dist_checkpointing.save `state` as checkpoint `iteration` under `root`: written to ``iter_N.tmp``, renamed once
+    every rank is done, then the tracker (replaced atomically) points at it. Collective: every rank calls it."""
     final = iteration_dir(root, iteration)
     tmp = final.with_name(final.name + ".tmp")
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(_state(chunks, optimizer, scheduler, extra, False, optimizer is not None, True), str(tmp))
+    dist_checkpointing.save(state, str(tmp))
     dist.barrier()
     if dist.get_rank() == 0:
         if final.exists():
@@ -106,6 +106,12 @@ def save(root: str, iteration: int, chunks, optimizer, scheduler, extra: dict) -
         os.replace(tracker_tmp, tracker)
     dist.barrier()
     return final
+
+
+def save(root: str, iteration: int, chunks, optimizer, scheduler, extra: dict) -> Path:
+    """Write checkpoint `iteration` and publish it as latest. Collective: every rank calls it.
+    Without an optimizer (conversions) the checkpoint holds the weights only."""
+    return publish(root, iteration, _state(chunks, optimizer, scheduler, extra, False, optimizer is not None, True))
 
 
 def checkpoint_path(root: str, iteration: int | None = None) -> Path:

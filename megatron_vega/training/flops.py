@@ -7,23 +7,25 @@ this framework computes.
 from megatron_vega.config import ModelConfig, ParallelConfig
 
 
-def forward_flops_per_token(cfg: ModelConfig, seq_length: int, predicted_fraction: float = 0.15) -> float:
+def forward_flops_per_token(cfg: ModelConfig, seq_length: int, predicted_fraction: float = 0.15,
+                            micro_batch_size: int = 1) -> float:
     h, f, p = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads * cfg.kv_channels
     c2p, p2c = cfg.pos_terms
     span2 = 2 * cfg.attention_span
     linear = 3 * h * p + p * h + 2 * h * f  # QKV, output projection, FFN
     attention = 2 * seq_length * p + (c2p + p2c) * span2 * p  # QK^T, PV, and Q.Kr^T / K.Qr^T against 2k rows
-    positions = (c2p + p2c) * span2 * h * p / seq_length  # projecting the relative table, once per sequence
+    # projecting the relative table: once per layer and micro-batch, shared by all its tokens
+    positions = (c2p + p2c) * span2 * h * p / (seq_length * micro_batch_size)
     conv = h * h * cfg.conv_kernel_size if cfg.conv_kernel_size else 0
     head = predicted_fraction * (h * h + h * cfg.vocab_size)
     return 2.0 * (cfg.num_layers * (linear + attention + positions) + conv + head)
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_length: int, predicted_fraction: float = 0.15,
-                          reference_forward: bool = False) -> float:
+                          reference_forward: bool = False, micro_batch_size: int = 1) -> float:
     """3 x forward; self-evolution adds one no-grad reference forward (all positions' logits are needed at the
     predicted positions only, so its head cost is the same)."""
-    fwd = forward_flops_per_token(cfg, seq_length, predicted_fraction)
+    fwd = forward_flops_per_token(cfg, seq_length, predicted_fraction, micro_batch_size)
     return (4.0 if reference_forward else 3.0) * fwd
 
 

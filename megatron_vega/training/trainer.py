@@ -72,7 +72,7 @@ class Trainer:
         self.iteration = self.consumed_samples = self.skipped = 0
         self.stop_requested = False
         self.flops_per_token = train_flops_per_token(model_cfg, run.data.seq_length, run.data.mask_prob,
-                                                     reference_forward)
+                                                     reference_forward, tr.micro_batch_size)
         self._load()
 
     @property
