@@ -14,10 +14,12 @@ def dry_run(run, world: int) -> dict:
     if par.sequence_parallel and data.seq_length % par.tensor_model_parallel_size:
         raise VegaInputError("--seq-length", "must divide by the tensor-parallel size with --sequence-parallel")
     params = count_parameters(model)
-    memory = memory_per_rank(model, par, data.seq_length, tr.micro_batch_size, dp, tr.precision)
+    micro_batches = gbs // (tr.micro_batch_size * dp)
+    memory = memory_per_rank(model, par, data.seq_length, tr.micro_batch_size, dp, tr.precision,
+                             micro_batches=micro_batches, predicted_fraction=data.mask_prob)
     flops = train_flops_per_token(model, data.seq_length, data.mask_prob, micro_batch_size=tr.micro_batch_size)
     plan = {"world": world, "tp": par.tensor_model_parallel_size, "pp": par.pipeline_model_parallel_size, "dp": dp,
-            "global_batch": gbs, "micro_batches": gbs // (tr.micro_batch_size * dp), "parameters": params,
+            "global_batch": gbs, "micro_batches": micro_batches, "parameters": params,
             "memory_gib": {k: v / 2**30 for k, v in memory.items()}, "train_flops_per_token": flops}
     gib = plan["memory_gib"]
     print(f"layout: world {world} = TP {plan['tp']} x PP {plan['pp']} x DP {dp}; global batch {gbs} = "
