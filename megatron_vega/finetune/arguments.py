@@ -5,8 +5,10 @@ from megatron_vega.cli import add_dataclass_flags, apply_flags
 from megatron_vega.config import PRESETS
 from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune.config import FinetuneRun, OptimConfig, SiftConfig, TaskConfig, TransductiveConfig
+from megatron_vega.prompt.config import PandaConfig, PromptConfig
 
-_GROUPS = {"task": TaskConfig, "optim": OptimConfig, "sift": SiftConfig, "transductive": TransductiveConfig}
+_GROUPS = {"task": TaskConfig, "optim": OptimConfig, "sift": SiftConfig, "transductive": TransductiveConfig,
+           "prompt": PromptConfig, "panda": PandaConfig}
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -14,6 +16,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-preset", default=None, choices=list(PRESETS),
                         help="Start from random weights of this size instead of --load (tests, smoke runs).")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Validate the flags and the layout against WORLD_SIZE, print it and exit (reads no "
+                             "checkpoint or data; one process).")
     for name, cls in _GROUPS.items():
         add_dataclass_flags(parser, cls, title=name)
     return parser

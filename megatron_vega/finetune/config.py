@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 
 from megatron_vega.cli import option
 from megatron_vega.errors import VegaInputError
+from megatron_vega.prompt.config import PandaConfig, PromptConfig
 from megatron_vega.superglue.formats import COPA_STYLES
 
 FINETUNE_TASKS = ("BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC")
@@ -83,6 +84,8 @@ class FinetuneRun:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sift: SiftConfig = field(default_factory=SiftConfig)
     transductive: TransductiveConfig = field(default_factory=TransductiveConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    panda: PandaConfig = field(default_factory=PandaConfig)
     model_preset: str | None = None  # random initialisation of this preset when there is no --load
 
     def validate(self) -> None:
@@ -107,3 +110,11 @@ class FinetuneRun:
             raise VegaInputError("--transductive-rounds", "rounds must be >= 0 and the threshold in [0, 1]")
         if tr.transductive_rounds and o.epochs == 0:
             raise VegaInputError("--transductive-rounds", "needs training (--epochs > 0)")
+        self.prompt.validate()
+        self.panda.validate(self.prompt)
+        if self.prompt.prompt_tuning and self.sift.sift:
+            raise VegaInputError("--sift", "not with --prompt-tuning (SiFT perturbs the word embeddings of a "
+                                           "model that trains them)")
+        if self.prompt.prompt_tuning and t.save:
+            raise VegaInputError("--save", "with --prompt-tuning the backbone is frozen: save the prompt and head "
+                                           "with --save-prompt FILE")

@@ -22,8 +22,11 @@ from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune import checkpoint
 from megatron_vega.finetune.features import TextEncoder, instance_scores, make_samples
 from megatron_vega.finetune.tasks import (flip_rate, pseudo_labelled, read_split, selection_score, task_files)
-from megatron_vega.finetune.trainer import Finetuner, build_task_model, print_rank0
+from megatron_vega.finetune.task_model import build_task_model
+from megatron_vega.finetune.trainer import Finetuner, print_rank0
 from megatron_vega.model.build import transformer_config
+from megatron_vega.prompt.store import save_prompt_file
+from megatron_vega.prompt.tuning import attach_prompt, build_teacher, trainable_parameters
 from megatron_vega.superglue.formats import predictions_from_scores
 from megatron_vega.superglue.scoring import evaluate
 from megatron_vega.superglue.submission import write_predictions
@@ -59,6 +62,8 @@ class Run:
         par.validate(self.model_cfg, world)
         if t.save:
             check_save_dir(t.save, t.load, t.overwrite)
+        if run.prompt.save_prompt and Path(run.prompt.save_prompt).exists() and not t.overwrite:
+            raise VegaInputError(run.prompt.save_prompt, "exists; pass --overwrite to replace it")
         runtime.init_model_parallel(o.tensor_model_parallel_size, 1, seed=o.seed)
 
         need_test = bool(t.predict or run.transductive.transductive_rounds)
@@ -79,7 +84,17 @@ class Run:
             same_task = extra.get("finetune", {}).get("task") == t.task
             checkpoint.load(t.load, self.model, with_head=same_task)
             print_rank0(f"loaded {t.load}: encoder" + (" and head" if same_task else " (new head)"))
-        self.tuner = Finetuner(self.model, o, run.sift, self.tokenizer.pad_id)
+        self.prompt_origin, teacher, lam = None, None, 0.0
+        if run.prompt.prompt_tuning:
+            self.prompt_origin = attach_prompt(run, self.model, self.model_cfg, self.tokenizer, tc.params_dtype)
+            teacher, lam, where = build_teacher(run, self.model, self.model_cfg, tc.params_dtype)
+            structure = self.model.prompt.structure
+            print_rank0(f"prompt tuning: {structure['type']} prompt of {structure['length']}, encoder "
+                        f"{structure['encoder']}; trainable parameters {trainable_parameters(self.model):,} "
+                        f"(prompt {sum(p.numel() for p in self.model.prompt.parameters()):,} + head "
+                        f"{sum(p.numel() for p in self.model.head.parameters()):,})"
+                        + (f"; PANDA teacher {run.panda.panda_teacher}, lambda {lam:g} ({where})" if teacher else ""))
+        self.tuner = Finetuner(self.model, o, run.sift, self.tokenizer.pad_id, teacher, run.panda, lam)
         self.samples = {}  # split name -> evaluation samples, tokenised once
 
     def _samples(self, split):
@@ -164,6 +179,12 @@ class Run:
                                 "data": {"tokenizer_model": str(Path(self.tokenizer.path).resolve())}},
                      "finetune": {"task": t.task, "dev": summary.get("dev")}}
             summary["saved"] = str(checkpoint.save(t.save, summary.get("steps", 0), self.model, extra))
+        if self.run.prompt.save_prompt:
+            meta = {"task": t.task, "dev": summary.get("dev"), **self.prompt_origin,
+                    "panda": asdict(self.run.panda) if self.run.panda.panda_teacher else None}
+            save_prompt_file(self.run.prompt.save_prompt, self.model.prompt, self.model.head, self.model_cfg, meta,
+                             overwrite=t.overwrite)
+            summary["saved_prompt"] = self.run.prompt.save_prompt
         summary["seconds"] = round(time.perf_counter() - self.start, 1)
         print_rank0(json.dumps(summary))
         return summary

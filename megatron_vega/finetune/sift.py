@@ -12,8 +12,6 @@ every rank because the first column-parallel layer all-reduces its input gradien
 import torch
 import torch.nn.functional as F
 
-from megatron_vega.model.layer import hidden_dropout
-
 LN0_EPS = 1e-7
 
 
@@ -21,14 +19,6 @@ def normalized_embeddings(encoder, tokens):
     """ê = LN₀(word embeddings), [s, b, H] in fp32 (the vocab-parallel lookup is all-reduced, so replicated)."""
     emb = encoder.word_embeddings(tokens).transpose(0, 1)
     return F.layer_norm(emb.float(), emb.shape[-1:], eps=LN0_EPS)
-
-
-def encoder_input(encoder, normalized, padding_mask):
-    """What ``VegaModel.embed`` does after the lookup: embedding LayerNorm, mask, dropout -> ``input_embeds``."""
-    dtype = encoder.embedding_layernorm.weight.dtype
-    mask = padding_mask.t().unsqueeze(-1).to(dtype)
-    out = encoder.embedding_layernorm(normalized.to(dtype)) * mask
-    return hidden_dropout(out, encoder.cfg.hidden_dropout, encoder.training, False)
 
 
 def _flat(logits):

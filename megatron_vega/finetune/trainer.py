@@ -17,42 +17,20 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-from megatron.core.transformer.module import MegatronModule
 
 from megatron_vega import runtime
 from megatron_vega.data.sampler import check_batch_sizes, rank_microbatch_indices
 from megatron_vega.finetune.features import Sample, collate
-from megatron_vega.finetune.sift import adversarial_loss, encoder_input, normalized_embeddings
-from megatron_vega.finetune.tasks import build_head
-from megatron_vega.model.build import DTYPES, build_model
-from megatron_vega.model.heads import init_head
-from megatron_vega.model.weights import init_weights
+from megatron_vega.finetune.sift import adversarial_loss, normalized_embeddings
+from megatron_vega.finetune.task_model import TaskModel
+from megatron_vega.model.build import DTYPES
+from megatron_vega.prompt.panda import panda_loss
+from megatron_vega.prompt.tuning import teacher_logits
 
 
 def print_rank0(*args) -> None:
     if dist.get_rank() == 0:
         print(*args, flush=True)
-
-
-class TaskModel(MegatronModule):
-    """Encoder and task head as one module: what DDP wraps and the optimizer steps. Returns fp32 logits."""
-
-    def __init__(self, encoder, head):
-        super().__init__(config=encoder.config)
-        self.encoder, self.head = encoder, head
-
-    def forward(self, batch, input_embeds=None):
-        hidden = self.encoder(batch["tokens"], batch["padding_mask"], input_embeds=input_embeds)
-        return self.head(hidden, batch).float()
-
-
-def build_task_model(task: str, model_cfg, tc, cls_dropout: float, seed: int) -> TaskModel:
-    """Seeded (layout-independent) weights; a checkpoint, if any, is loaded on top by the caller."""
-    [encoder] = build_model(model_cfg, tc, add_mlm_head=False)
-    init_weights([encoder], seed)
-    head = build_head(task, model_cfg.hidden_size, cls_dropout)
-    init_head(head, model_cfg.init_method_std, seed)
-    return TaskModel(encoder, head.to(device=runtime.device(), dtype=tc.params_dtype))
 
 
 @dataclass
@@ -65,8 +43,11 @@ class Result:
 
 
 class Finetuner:
-    def __init__(self, model: TaskModel, optim, sift, pad_id: int):
+    def __init__(self, model: TaskModel, optim, sift, pad_id: int, teacher: TaskModel | None = None, panda=None,
+                 panda_lambda: float = 0.0):
+        """``teacher``/``panda``/``panda_lambda``: PANDA's frozen teacher, its PandaConfig and lambda."""
         self.model, self.optim, self.sift, self.pad_id = model, optim, sift, pad_id
+        self.teacher, self.panda, self.panda_lambda = teacher, panda, panda_lambda
         self.ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True),
                                            model)
         self.dp = parallel_state.get_data_parallel_world_size()
@@ -76,16 +57,23 @@ class Finetuner:
 
     # -- weights ------------------------------------------------------------------------------------------------
     def snapshot(self) -> dict:
-        return {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        """This rank's trainable parameters (a frozen backbone never changes, so it is not copied)."""
+        return {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def restore(self, weights: dict) -> None:
         for name, p in self.model.named_parameters():
-            p.copy_(weights[name])
+            if name in weights:
+                p.copy_(weights[name])
 
     # -- loss -----------------------------------------------------------------------------------------------------
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Task cross-entropy (+ λ · SiFT adversarial loss); also returns the detached (task, adversarial) pair."""
+        """Task cross-entropy (+ λ · SiFT adversarial loss, or + PANDA's KD term); also returns the detached
+        (task, adversarial or KD) pair."""
+        if self.teacher is not None:
+            target = teacher_logits(self.teacher, batch, self.panda.panda_teacher_mode)
+            loss, task, kd = panda_loss(self.ddp(batch), target, batch["labels"], self.panda, self.panda_lambda)
+            return loss, torch.stack([task.detach(), kd.detach()])
         if not self.sift.sift:
             task = F.cross_entropy(self.ddp(batch), batch["labels"])
             return task, torch.stack([task.detach(), torch.zeros(())])
@@ -93,7 +81,8 @@ class Finetuner:
         normalized = normalized_embeddings(encoder, batch["tokens"])
 
         def logits_fn(embeddings):
-            return self.ddp(batch, input_embeds=encoder_input(encoder, embeddings, batch["padding_mask"]))
+            mask = encoder.input_mask(batch["padding_mask"])
+            return self.ddp(batch, input_embeds=encoder.embed_vectors(embeddings, mask))
 
         logits = logits_fn(normalized)
         task = F.cross_entropy(logits, batch["labels"])
@@ -157,6 +146,7 @@ class Finetuner:
                     task, adv = (logged / (n * self.dp)).tolist()
                     print_rank0(f"{tag} epoch {epoch} step {step}/{total} | lr {optimizer.param_groups[0]['lr']:.3e}"
                                 f" | loss {task:.4f}" + (f" | adv loss {adv:.4f}" if self.sift.sift else "")
+                                + (f" | kd loss {adv:.4f}" if self.teacher is not None else "")
                                 + (f" | grad norm {grad_norm:.3f}" if grad_norm is not None else ""))
                     logged.zero_()
             score, metrics = evaluate()

@@ -33,13 +33,16 @@ def relative_bias(q, k, pos_key, pos_query, rel_index):
 
 
 def _softmax_attention(q, k, v, bias, dropout_p: float, scale: float):
-    """softmax(scale * QK^T + bias) V on [b, h, s, d]; bias [b, h or 1, s, s] or None. The CPU path."""
+    """softmax(scale * QK^T + bias) V on q [b, h, s, d], k/v [b, h, t, d]; bias [b, h or 1, s, t] or None.
+    The CPU path."""
     b, h, s, d = q.shape
-    q3, k3, v3 = (t.reshape(b * h, s, d) for t in (q, k, v))  # views for the [s, b, h, 3, d] QKV layout
+    t = k.shape[2]
+    q3 = q.reshape(b * h, s, d)  # views for the [s, b, h, 3, d] QKV layout
+    k3, v3 = k.reshape(b * h, t, d), v.reshape(b * h, t, d)
     if bias is None:
         scores = torch.bmm(q3, k3.transpose(1, 2)) * scale
     else:
-        bias = bias.expand(b, h, s, s).reshape(b * h, s, s)
+        bias = bias.expand(b, h, s, t).reshape(b * h, s, t)
         scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     if dropout_p > 0:
@@ -47,11 +50,16 @@ def _softmax_attention(q, k, v, bias, dropout_p: float, scale: float):
     return torch.bmm(probs, v3).view(b, h, s, d)
 
 
-def disentangled_attention(q, k, v, pos_key, pos_query, rel_index, mask_bias, dropout_p: float, scale: float):
-    """softmax((QK^T + c2p + p2c) * scale + mask) V, with the softmax accumulated in fp32. mask_bias [b, 1, s, s]
-    or None (no padding)."""
+def disentangled_attention(q, k, v, pos_key, pos_query, rel_index, mask_bias, dropout_p: float, scale: float,
+                           prefix=None):
+    """softmax((QK^T + c2p + p2c) * scale + mask) V, with the softmax accumulated in fp32. mask_bias
+    [b, 1, s, P + s] or None (no padding). ``prefix``: deep-prompt (keys, values) [b, h, P, d] put in front of the
+    tokens' (P-tuning v2); they have no position, so their relative-position bias is zero."""
     scaled = lambda t: None if t is None else t * scale  # noqa: E731  (the small [h, 2k, d] tables, not Q)
     bias = relative_bias(q, k, scaled(pos_key), scaled(pos_query), rel_index)
+    if prefix is not None:
+        k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+        bias = None if bias is None else F.pad(bias, (prefix[0].shape[2], 0))
     if mask_bias is not None:
         mask_bias = mask_bias.to(q.dtype)
         bias = mask_bias if bias is None else bias + mask_bias
@@ -107,13 +115,16 @@ class DisentangledSelfAttention(torch.nn.Module):
         as_heads = lambda t: None if t is None else t.permute(1, 0, 2)  # noqa: E731
         return as_heads(pos_key) if self.c2p else None, as_heads(pos_query) if self.p2c else None
 
-    def _core(self, q, k, v, pos_key, pos_query, rel_index, mask_bias):
+    def _core(self, q, k, v, pos_key, pos_query, rel_index, mask_bias, prefix_key, prefix_value):
         dropout = self.attention_dropout if self.training else 0.0
+        prefix = None if prefix_key is None else (prefix_key, prefix_value)
         with tensor_parallel.get_cuda_rng_tracker().fork():  # heads differ per TP rank, so does their dropout
-            return disentangled_attention(q, k, v, pos_key, pos_query, rel_index, mask_bias, dropout, self.scale)
+            return disentangled_attention(q, k, v, pos_key, pos_query, rel_index, mask_bias, dropout, self.scale,
+                                          prefix)
 
-    def forward(self, hidden, rel_embeddings, rel_index, mask_bias):
-        """hidden: [s, b, H] (sequence-parallel chunk when SP is on) -> [s, b, H]."""
+    def forward(self, hidden, rel_embeddings, rel_index, mask_bias, prefix=None):
+        """hidden: [s, b, H] (sequence-parallel chunk when SP is on) -> [s, b, H]. ``prefix``: this rank's heads
+        of a deep prompt, (keys, values) each [b, heads, P, d]."""
         qkv, _ = self.linear_qkv(hidden)
         s, b = qkv.shape[:2]
         qkv = qkv.view(s, b, self.heads, 3, self.head_dim).permute(3, 1, 2, 0, 4)  # [3, b, h, s, d]
@@ -121,10 +132,11 @@ class DisentangledSelfAttention(torch.nn.Module):
         # pos_dropout: per layer, on the replicated table, so the default RNG (identical on TP ranks)
         rel = F.dropout(rel_embeddings, self.hidden_dropout, self.training)
         pos_key, pos_query = self._position_projections(rel)
-        if self.recompute_core:
-            context = tensor_parallel.checkpoint(self._core, False, q, k, v, pos_key, pos_query, rel_index, mask_bias)
+        core_args = (q, k, v, pos_key, pos_query, rel_index, mask_bias, *(prefix or (None, None)))
+        if self.recompute_core:  # (the checkpoint function saves tensors, not tuples: the prefix goes as two)
+            context = tensor_parallel.checkpoint(self._core, False, *core_args)
         else:
-            context = self._core(q, k, v, pos_key, pos_query, rel_index, mask_bias)
+            context = self._core(*core_args)
         context = context.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)
         out, _ = self.linear_proj(context)
         return out

@@ -38,8 +38,8 @@ class VegaLayer(torch.nn.Module):
             input_is_parallel=True, skip_bias_add=False)
         self.post_mlp_layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon, self.sequence_parallel)
 
-    def forward(self, hidden, rel_embeddings, rel_index, mask_bias):
-        attn = self.attention(hidden, rel_embeddings, rel_index, mask_bias)
+    def forward(self, hidden, rel_embeddings, rel_index, mask_bias, prefix=None):
+        attn = self.attention(hidden, rel_embeddings, rel_index, mask_bias, prefix)
         hidden = self.post_attention_layernorm(
             hidden + hidden_dropout(attn, self.dropout, self.training, self.sequence_parallel))
         inner, bias = self.linear_fc1(hidden)

@@ -5,6 +5,8 @@ schedules). A chunk owns layers [first, last); the first chunk owns the embeddin
 the MLM head. Every chunk owns a copy of the relative-embedding table (all layers use it); its grads are summed
 across pipeline stages by megatron-core (params tagged ``pipeline_parallel``, config ``has_cond_embedder``).
 """
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
@@ -46,6 +48,11 @@ class MLMHead(torch.nn.Module):
         h = self.layernorm(F.gelu(self.dense(hidden)))
         logits = F.linear(copy_to_tensor_model_parallel_region(h), output_weight) + self.bias
         return logits.float() + self.vocab_pad
+
+
+def _layer_call(layer, hidden, rel, rel_index, mask_bias, prefix_key, prefix_value):
+    """A layer call with the prefix as two tensors: the recompute checkpoint saves tensors, not tuples."""
+    return layer(hidden, rel, rel_index, mask_bias, None if prefix_key is None else (prefix_key, prefix_value))
 
 
 class VegaModel(MegatronModule):
@@ -115,43 +122,54 @@ class VegaModel(MegatronModule):
 
     def embed(self, tokens, input_mask):
         """tokens [b, s] -> LN(word embeddings) * mask, dropped out: [s(/tp), b, H]."""
-        emb = self.word_embeddings(tokens).transpose(0, 1).contiguous()
+        return self.embed_vectors(self.word_embeddings(tokens).transpose(0, 1).contiguous(), input_mask)
+
+    def embed_vectors(self, vectors, input_mask):
+        """What follows the lookup, for any [s, b, H] input vectors (tokens, soft prompts, perturbed embeddings):
+        embedding LayerNorm, mask, dropout -> [s(/tp), b, H]; input_mask [s(/tp), b, 1]."""
         if self.sequence_parallel:
-            emb = tensor_parallel.scatter_to_sequence_parallel_region(emb)
-        emb = self.embedding_layernorm(emb) * input_mask
+            vectors = tensor_parallel.scatter_to_sequence_parallel_region(vectors)
+        emb = self.embedding_layernorm(vectors.to(input_mask.dtype)) * input_mask
         return hidden_dropout(emb, self.cfg.hidden_dropout, self.training, self.sequence_parallel)
 
-    def forward(self, tokens, padding_mask, lm_positions=None, input_embeds=None):
+    def input_mask(self, padding_mask):
+        """[b, s] padding mask -> this rank's [s(/tp), b, 1] multiplicative mask in the model's dtype."""
+        return self._local_sequence(padding_mask.t().unsqueeze(-1).to(self.rel_embeddings.weight.dtype))
+
+    def forward(self, tokens, padding_mask, lm_positions=None, input_embeds=None, prefix=None):
         """tokens, padding_mask: [b, s]. Returns fp32 vocab-parallel MLM logits on the last stage ([s, b, V/tp], or
         [n, V/tp] at the flat (s-major) ``lm_positions``), else this chunk's hidden states [s(/tp), b, H].
-        ``input_embeds`` replaces the word-embedding lookup (prompts, adversarial perturbations)."""
-        dtype = self.rel_embeddings.weight.dtype
-        input_mask = self._local_sequence(padding_mask.t().unsqueeze(-1).to(dtype))
+        ``input_embeds`` replaces the embedding layer's output (``embed_vectors`` of prompts or perturbed
+        embeddings); ``prefix`` holds one deep-prompt (keys, values) pair per layer of this chunk."""
+        input_mask = self.input_mask(padding_mask)
         if self.pre_process:
             hidden = self.embed(tokens, input_mask) if input_embeds is None else input_embeds
         else:
             hidden = self.input_tensor
-        hidden = self.encode(hidden, padding_mask, input_mask)
+        hidden = self.encode(hidden, padding_mask, input_mask, prefix)
         if not self.post_process:
             return hidden
         return self.mlm_logits(hidden, lm_positions) if self.has_mlm_head else hidden
 
-    def encode(self, hidden, padding_mask, input_mask):
+    def encode(self, hidden, padding_mask, input_mask, prefix=None):
         s = padding_mask.shape[1]
         cfg = self.cfg
         rel_index = relative_index(s, cfg.position_buckets, cfg.max_relative, cfg.attention_span,
                                    str(padding_mask.device))
         pair = padding_mask[:, None, :, None] * padding_mask[:, None, None, :]  # [b, 1, s, s], HF's pairwise mask
         mask_bias = (1.0 - pair.to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        if prefix is not None:  # deep-prompt keys are visible to every query
+            mask_bias = F.pad(mask_bias, (prefix[0][0].shape[2], 0))
         rel = self.rel_embeddings.weight
         if self.rel_layernorm is not None:
             rel = self.rel_layernorm(rel)
         embedding_out = hidden
         for i, layer in enumerate(self.layers):
             if self.recompute == "full" and self.training:
-                hidden = tensor_parallel.checkpoint(layer, False, hidden, rel, rel_index, mask_bias)
+                hidden = tensor_parallel.checkpoint(partial(_layer_call, layer), False, hidden, rel, rel_index,
+                                                    mask_bias, *((None, None) if prefix is None else prefix[i]))
             else:
-                hidden = layer(hidden, rel, rel_index, mask_bias)
+                hidden = layer(hidden, rel, rel_index, mask_bias, None if prefix is None else prefix[i])
             if i == 0 and self.conv is not None:
                 hidden = self.conv(embedding_out, hidden, input_mask)
         return hidden

@@ -14,7 +14,8 @@ def _sift_loss_and_grads(tp: int, spm_path: str, data_file: str):
     from megatron_vega.data.tokenizer import VegaTokenizer
     from megatron_vega.finetune.config import OptimConfig, SiftConfig
     from megatron_vega.finetune.features import TextEncoder, collate, make_samples
-    from megatron_vega.finetune.trainer import Finetuner, build_task_model
+    from megatron_vega.finetune.task_model import build_task_model
+    from megatron_vega.finetune.trainer import Finetuner
     from megatron_vega.model.build import transformer_config
     from megatron_vega.model.weights import gather_full_state_dict
     from megatron_vega.superglue.formats import build_instances
