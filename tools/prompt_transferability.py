@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_vega.config import PRESETS  # noqa: E402
+from megatron_vega.config import PRESETS, world_size  # noqa: E402
 from megatron_vega.errors import VegaInputError, exit_on_input_error  # noqa: E402
 from megatron_vega.prompt.transferability import CENTERS, METRICS  # noqa: E402
 
@@ -43,6 +43,8 @@ def parse_args(argv):
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--json", help="Also write the matrix here (atomically).")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing --json file.")
+    p.add_argument("--dry-run", action="store_true", help="Check the flags and the layout against WORLD_SIZE, "
+                                                          "read nothing (the recipes' check).")
     args = p.parse_args(argv)
     if bool(args.load) == bool(args.model_preset):
         raise VegaInputError("--load", "give exactly one of --load CKPT or --model-preset NAME")
@@ -60,10 +62,20 @@ def target_file(args, task: str) -> str:
     return str(Path(args.data_dir) / task / f"{args.split}.jsonl")
 
 
+def dry_run(args) -> None:
+    world, tp = world_size(), args.tensor_model_parallel_size
+    if tp < 1 or world % tp:
+        raise VegaInputError("--tensor-model-parallel-size", f"TP={tp} does not divide the world size {world}")
+    for target in args.targets:
+        target_file(args, target)
+    print(f"layout: world {world} = TP {tp} x PP 1 x DP {world // tp}; {len(args.prompts)} prompts x "
+          f"{len(args.targets)} targets, {args.metric}, center {args.center}")
+
+
 def main(argv=None) -> int:
     with exit_on_input_error():
         args = parse_args(sys.argv[1:] if argv is None else argv)
-        run(args)
+        dry_run(args) if args.dry_run else run(args)
     return 0
 
 

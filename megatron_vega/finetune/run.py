@@ -88,6 +88,10 @@ class Run:
         if run.prompt.prompt_tuning:
             self.prompt_origin = attach_prompt(run, self.model, self.model_cfg, self.tokenizer, tc.params_dtype)
             teacher, lam, where = build_teacher(run, self.model, self.model_cfg, tc.params_dtype)
+            if teacher is not None:
+                self.prompt_origin["panda"] = {"teacher": run.panda.panda_teacher, "lambda": lam,
+                                               "lambda_from": where, "teacher_source": teacher.source_task,
+                                               "config": asdict(run.panda)}
             structure = self.model.prompt.structure
             print_rank0(f"prompt tuning: {structure['type']} prompt of {structure['length']}, encoder "
                         f"{structure['encoder']}; trainable parameters {trainable_parameters(self.model):,} "
@@ -180,8 +184,7 @@ class Run:
                      "finetune": {"task": t.task, "dev": summary.get("dev")}}
             summary["saved"] = str(checkpoint.save(t.save, summary.get("steps", 0), self.model, extra))
         if self.run.prompt.save_prompt:
-            meta = {"task": t.task, "dev": summary.get("dev"), **self.prompt_origin,
-                    "panda": asdict(self.run.panda) if self.run.panda.panda_teacher else None}
+            meta = {"task": t.task, "dev": summary.get("dev"), "panda": None, **self.prompt_origin}
             save_prompt_file(self.run.prompt.save_prompt, self.model.prompt, self.model.head, self.model_cfg, meta,
                              overwrite=t.overwrite)
             summary["saved_prompt"] = self.run.prompt.save_prompt

@@ -62,8 +62,8 @@ def build_teacher(run, model, model_cfg, dtype):
                         prompt.to(device=runtime.device(), dtype=dtype))
     for param in teacher.parameters():
         param.requires_grad_(False)
-    source = (state.get("transferred_from") or {}).get("task")
-    lam, where = balancing_factor(cfg, source, task)
+    teacher.source_task = (state.get("transferred_from") or {}).get("task")
+    lam, where = balancing_factor(cfg, teacher.source_task, task)
     return teacher, lam, where
 
 
