@@ -24,7 +24,7 @@ def describe(path: str) -> dict:
         raise VegaInputError(path, f"not a prompt file (expected format {FORMAT})")
     source = (state.get("transferred_from") or {}).get("task")
     panda = state.get("panda")
-    origin = (f"PANDA from {panda['teacher_source']} teacher, lambda {panda['lambda']:.4f}" if panda
+    origin = (f"PANDA from {panda.get('teacher_source')} teacher, lambda {panda['lambda']:.4f}" if panda
               else f"vanilla transfer from {source}" if source else "prompt tuning alone")
     return {"file": Path(path).name, "task": state["task"], "origin": origin, "dev": state.get("dev")}
 
