@@ -32,7 +32,8 @@ class TrainingLog:
         if self._first_iteration is None:
             self._first_iteration, self._rate_start, self._rate_iter = iteration, now, iteration
         done = max(iteration - self._rate_iter, 1)
-        eta = (now - self._rate_start) / done * (self.total_iters - iteration) if iteration > self._rate_iter else 0
+        # The rate is measured from the first logged iteration on (warm-up excluded): no ETA before a second line.
+        eta = (now - self._rate_start) / done * (self.total_iters - iteration) if iteration > self._rate_iter else None
         fields = [f"iteration {iteration:>6d}/{self.total_iters}", f"consumed samples {consumed}",
                   f"lr {lr:.3e}", "loss " + ("n/a" if loss is None else f"{loss:.6f}"),
                   "grad norm " + ("n/a" if grad_norm is None else f"{grad_norm:.3f}"),
@@ -40,7 +41,7 @@ class TrainingLog:
                   f"TFLOP/s/rank {tflops:.3f}"]
         if self.peak_tflops:
             fields.append(f"MFU {100 * tflops / self.peak_tflops:.1f}%")
-        fields += [f"peak mem {runtime.peak_memory_bytes() / 2**30:.2f} GiB", f"ETA {_duration(eta)}"]
+        fields += [f"peak mem {runtime.peak_memory_bytes() / 2**30:.2f} GiB", "ETA " + ("n/a" if eta is None else _duration(eta))]
         fields += [f"{k} {v:.6f}" for k, v in (extra or {}).items()]
         if self.writer is not None:
             scalars = {"lr": lr, "loss": loss, "grad-norm": grad_norm, "loss-scale": loss_scale,
