@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node N finetune_superglue.py --task CB --data-dir DIR --load CKPT \
         --tensor-model-parallel-size T --epochs 3 --lr 1e-5 [--sift] [--transductive-rounds 1] --predict OUT
+    WORLD_SIZE=16 python finetune_superglue.py [same flags] --dry-run   # check the layout, read nothing
     python finetune_superglue.py score --task CB --data-file val.jsonl --predictions OUT/CB.jsonl
     python finetune_superglue.py bundle --predictions-dir OUT --output submission.zip
 """
@@ -28,6 +29,11 @@ def main(argv=None) -> int:
     with exit_on_input_error():
         run = finetune_run(args)
         run.validate()  # before the slow imports: a bad flag fails at once
+        if args.dry_run:
+            from megatron_vega.config import world_size
+            from megatron_vega.finetune.dry_run import dry_run
+            dry_run(run, world_size())
+            return 0
         from megatron_vega.finetune.run import finetune
         finetune(run)
     return 0

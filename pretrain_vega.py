@@ -3,8 +3,9 @@
 Tensor, pipeline (1F1B / interleaved) and data parallelism on megatron-core; bf16 / fp16; dist checkpoints that
 reshard and resume; --mock-data trains without files, --dry-run checks a layout for any WORLD_SIZE.
 """
+from megatron_vega.config import world_size
 from megatron_vega.errors import exit_on_input_error
-from megatron_vega.training.arguments import build_parser, run_config, world_size
+from megatron_vega.training.arguments import build_parser, run_config
 
 
 def main(argv=None) -> None:

@@ -2,21 +2,39 @@
 # The main job on an embedded default, offline, on CPU: install; build a corpus from text Python itself ships;
 # train a sentencepiece tokenizer; preprocess to a Megatron indexed dataset; pretrain the `tiny` encoder with
 # tensor x pipeline parallelism (TP=2 x PP=2, four gloo processes); self-evolution stage 1 (mine the neglected
-# tokens) and stage 2 (train on them with smoothed labels); export to Hugging Face and reload in transformers.
-# Everything lands in a new run directory.
-#   bash examples/quickstart.sh [--steps N] [--run-dir DIR]
+# tokens) and stage 2 (train on them with smoothed labels); fine-tune the stage-2 model on a SuperGLUE task at TP=2
+# and write its leaderboard predictions (by default on an RTE-format sample the project builds from the same
+# corpus; with --superglue-dir on a real task: <DIR>/<TASK>/{train,val,test}.jsonl as in the official download);
+# export to Hugging Face and reload in transformers. Everything lands in a new run directory.
+#   bash examples/quickstart.sh [--steps N] [--run-dir DIR] [--superglue-dir DIR [--superglue-task RTE]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=60
 run_dir="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
+superglue_dir=""
+task=RTE
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --steps) steps="$2"; shift 2 ;;
     --run-dir) run_dir="$2"; shift 2 ;;
-    *) echo "error: unknown option $1 (use --steps N, --run-dir DIR)" >&2; exit 2 ;;
+    --superglue-dir) superglue_dir="$2"; shift 2 ;;
+    --superglue-task) task="$2"; shift 2 ;;
+    *) echo "error: unknown option $1 (use --steps N, --run-dir DIR, --superglue-dir DIR, --superglue-task TASK)" >&2
+       exit 2 ;;
   esac
 done
 if [[ -e "$run_dir" ]]; then echo "error: $run_dir: already exists; choose another --run-dir" >&2; exit 2; fi
+if [[ -n "$superglue_dir" ]]; then
+  for split in train val test; do
+    if [[ ! -f "$superglue_dir/$task/$split.jsonl" ]]; then
+      echo "error: $superglue_dir/$task/$split.jsonl: not found (--superglue-dir holds <TASK>/{train,val,test}.jsonl)" \
+        >&2
+      exit 2
+    fi
+  done
+elif [[ "$task" != RTE ]]; then
+  echo "error: --superglue-task: the embedded sample is RTE; give --superglue-dir for $task" >&2; exit 2
+fi
 
 bash tools/install.sh
 mkdir -p "$run_dir"
@@ -24,17 +42,17 @@ export OMP_NUM_THREADS=1   # four ranks share two cores
 log() { echo "== $*"; }
 start=$(date +%s)
 
-log "1/7 embedded corpus (docstrings and help topics of the Python standard library)"
+log "1/8 embedded corpus (docstrings and help topics of the Python standard library)"
 python3 -m megatron_vega.data.embedded_corpus --output "$run_dir/corpus.jsonl"
 
-log "2/7 sentencepiece tokenizer (unigram, 1000 pieces)"
+log "2/8 sentencepiece tokenizer (unigram, 1000 pieces)"
 python3 tools/train_tokenizer.py --input "$run_dir/corpus.jsonl" --vocab-size 1000 --model-prefix "$run_dir/spm"
 
-log "3/7 indexed dataset"
+log "3/8 indexed dataset"
 python3 tools/preprocess_data.py --input "$run_dir/corpus.jsonl" --output-prefix "$run_dir/corpus" \
   --tokenizer-model "$run_dir/spm.model" --workers 2
 
-log "4/7 MLM pretraining of 'tiny' at TP=2 x PP=2"
+log "4/8 MLM pretraining of 'tiny' at TP=2 x PP=2"
 torchrun --nproc_per_node 4 --master_port "${MASTER_PORT:-29511}" pretrain_vega.py \
   --model-preset tiny --vocab-size 1000 \
   --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 \
@@ -49,20 +67,38 @@ COMMON=(--model-preset tiny --vocab-size 1000 --tensor-model-parallel-size 2 --p
         --data-path "$run_dir/corpus" --tokenizer-model "$run_dir/spm.model" --split 98,2,0 --seq-length 128)
 # A model this small and this briefly trained neglects nearly every token (NLL > 0.1): keep each block's 15 %
 # most neglected ones, so that stage 2 trains on a BERT-like share of masked positions.
-log "5/7 self-evolution stage 1: mine the tokens the model neglects (NLL > 0.1 nats on the unmasked blocks)"
+log "5/8 self-evolution stage 1: mine the tokens the model neglects (NLL > 0.1 nats on the unmasked blocks)"
 torchrun --nproc_per_node 4 --master_port "${MASTER_PORT:-29511}" tools/self_questioning.py "${COMMON[@]}" \
   --micro-batch-size 16 --load "$run_dir/checkpoints" --output "$run_dir/neglected.nidx" --threshold 0.1 --max-ratio 0.15 \
   2>&1 | tee "$run_dir/stage1.log"
 
 se_steps=$(( steps / 3 > 5 ? steps / 3 : 5 ))
-log "6/7 self-evolution stage 2: $se_steps steps on the mined positions, smoothed labels (alpha 0.5)"
+log "6/8 self-evolution stage 2: $se_steps steps on the mined positions, smoothed labels (alpha 0.5)"
 torchrun --nproc_per_node 4 --master_port "${MASTER_PORT:-29511}" pretrain_vega.py "${COMMON[@]}" \
   --objective self-evolution --neglected-tokens "$run_dir/neglected.nidx" --se-alpha 0.5 \
   --load "$run_dir/checkpoints" --finetune --micro-batch-size 8 --global-batch-size 32 \
   --train-iters "$se_steps" --lr 5e-4 --lr-warmup-iters 2 --log-interval 5 --eval-interval "$se_steps" \
   --eval-iters 2 --save "$run_dir/se-checkpoints" 2>&1 | tee "$run_dir/stage2.log"
 
-log "7/7 export to Hugging Face and reload in transformers"
+ft_epochs=3
+if [[ -n "$superglue_dir" ]]; then
+  data_dir="$superglue_dir" source="$superglue_dir"
+  # A real training set can be large: the first 1024 records keep this step short (dev and test stay whole, so
+  # the predictions file is a complete leaderboard file).
+  limit=(--max-train-examples 1024)
+else
+  data_dir="$run_dir/superglue" source="the embedded sample" limit=()
+fi
+log "7/8 SuperGLUE $task fine-tuning at TP=2 from the stage-2 model, on $source ($ft_epochs epochs)"
+if [[ -z "$superglue_dir" ]]; then
+  python3 -m megatron_vega.superglue.embedded_sample --corpus "$run_dir/corpus.jsonl" --output-dir "$data_dir"
+fi
+torchrun --nproc_per_node 2 --master_port "${MASTER_PORT:-29511}" finetune_superglue.py \
+  --task "$task" --data-dir "$data_dir" "${limit[@]}" --load "$run_dir/se-checkpoints" \
+  --tensor-model-parallel-size 2 --seq-length 128 --micro-batch-size 16 --epochs "$ft_epochs" --lr 1e-3 \
+  --log-interval 16 --predict "$run_dir/predictions" 2>&1 | tee "$run_dir/finetune.log"
+
+log "8/8 export to Hugging Face and reload in transformers"
 python3 tools/convert_checkpoint.py to-hf --load "$run_dir/se-checkpoints" --out "$run_dir/hf" \
   --tokenizer-model "$run_dir/spm.model" --verify | tee "$run_dir/convert.log"
 python3 - "$run_dir/hf" <<'PY' | tee "$run_dir/reload.log"
@@ -90,5 +126,13 @@ echo "== summary ($(( $(date +%s) - start )) s): run directory $run_dir"
 echo "   MLM pretraining (TP=2 x PP=2, $steps steps): loss $first -> $last"
 echo "   $(grep -m1 '^stage 1:' "$run_dir/stage1.log")"
 echo "   self-evolution stage 2: $(grep -o '| loss [0-9][0-9.]*' "$run_dir/stage2.log" | tail -1 | awk '{print "NLL " $3}')"
+python3 - "$run_dir/finetune.log" "$source" <<'PY'
+import json, sys
+summary = [json.loads(line) for line in open(sys.argv[1]) if line.startswith('{"task"')][-1]
+dev = ", ".join(f"{k} {v:.3f}" for k, v in summary["dev"].items())
+files = "; ".join(f"{p} ({sum(1 for _ in open(p))} lines)" for p in summary["predictions"])
+print(f"   SuperGLUE {summary['task']} fine-tuning ({sys.argv[2]}, TP=2, {summary['seconds']} s): dev {dev} "
+      f"(best epoch {summary['epoch']}); predictions {files}")
+PY
 echo "   $(grep verify "$run_dir/convert.log")"
 echo "   $(tail -1 "$run_dir/reload.log")"

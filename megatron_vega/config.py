@@ -2,6 +2,7 @@
 
 Named size presets live here; Megatron-named CLI flags are generated from these dataclasses (``cli.py``).
 """
+import os
 from dataclasses import dataclass
 
 from megatron_vega.cli import option
@@ -72,6 +73,11 @@ PRESETS: dict[str, dict] = {
     "vega-6b": dict(num_layers=24, hidden_size=4096, num_attention_heads=32, kv_channels=128,
                     ffn_hidden_size=16384, vocab_size=128100),
 }
+
+
+def world_size() -> int:
+    """The world torchrun or Slurm describe (WORLD_SIZE, else SLURM_NTASKS), 1 for a plain process."""
+    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
 
 
 def model_preset(name: str, **overrides) -> ModelConfig:

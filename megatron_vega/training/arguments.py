@@ -1,6 +1,5 @@
 """The run configuration and its Megatron-named flags, generated from the config dataclasses."""
 import argparse
-import os
 from dataclasses import dataclass, field, fields
 
 from megatron_vega.cli import add_dataclass_flags, apply_flags
@@ -43,8 +42,3 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                        if getattr(args, f.name, None) is not None}
     parts = {name: apply_flags(cls(), args) for name, cls in _GROUPS.items() if name != "model"}
     return RunConfig(model=model_preset(args.model_preset, **model_overrides), **parts)
-
-
-def world_size() -> int:
-    """The world torchrun or Slurm describe (WORLD_SIZE, else SLURM_NTASKS), 1 for a plain process."""
-    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))

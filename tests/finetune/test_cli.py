@@ -1,5 +1,7 @@
-"""`finetune_superglue.py` as a user runs it: bad input is one `error:` line and exit code 2."""
+"""`finetune_superglue.py` as a user runs it: bad input is one `error:` line and exit code 2; `--dry-run` checks
+the layout against WORLD_SIZE without reading anything."""
 import json
+import os
 import subprocess
 import sys
 
@@ -30,3 +32,44 @@ def test_bad_training_file(tmp_path, spm_path, superglue):
                   "--dev-file", superglue / "full" / "CB" / "val.jsonl")
     _one_line_error(result, f"{train}:1")
     assert "maybe" in result.stderr
+
+
+def _dry_run(world, *args, cwd=REPO):
+    env = {**os.environ, "WORLD_SIZE": str(world)}
+    return subprocess.run([sys.executable, str(REPO / "finetune_superglue.py"), *map(str, args), "--dry-run"],
+                          capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+def test_dry_run_prints_the_layout_and_reads_nothing(tmp_path):
+    missing = tmp_path / "missing"  # none of these exist: a dry run neither reads nor creates them
+    result = _dry_run(16, "--task", "RTE", "--data-dir", missing / "superglue", "--load", missing / "ckpt",
+                      "--save", missing / "out", "--predict", missing / "preds", "--tensor-model-parallel-size", 4,
+                      "--micro-batch-size", 2, "--global-batch-size", 32, "--sift", "--transductive-rounds", 1,
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "layout: world 16 = TP 4 x PP 1 x DP 4; global batch 32 = 4 micro-batches x 2 x DP 4" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_default_world_is_one():
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "SLURM_NTASKS")}
+    args = ["--task", "CB", "--data-dir", "x", "--model-preset", "tiny", "--dry-run"]
+    ok = subprocess.run([sys.executable, str(REPO / "finetune_superglue.py"), *args], capture_output=True,
+                        text=True, timeout=300, cwd=REPO, env=env)
+    assert ok.returncode == 0 and "layout: world 1 = TP 1 x PP 1 x DP 1" in ok.stdout, ok.stderr
+    bad = subprocess.run([sys.executable, str(REPO / "finetune_superglue.py"), *args,
+                          "--tensor-model-parallel-size", "2"], capture_output=True, text=True, timeout=300,
+                         cwd=REPO, env=env)
+    _one_line_error(bad, "--tensor-model-parallel-size")
+
+
+def test_dry_run_bad_layouts():
+    base = ("--task", "CB", "--data-dir", "x", "--model-preset", "tiny")
+    # TP must divide the world, the tiny model's 4 heads, and the global batch must split over DP.
+    _one_line_error(_dry_run(6, *base, "--tensor-model-parallel-size", 4), "--tensor-model-parallel-size")
+    _one_line_error(_dry_run(8, *base, "--tensor-model-parallel-size", 8), "--tensor-model-parallel-size")
+    _one_line_error(_dry_run(8, *base, "--tensor-model-parallel-size", 2, "--micro-batch-size", 3,
+                             "--global-batch-size", 16), "--global-batch-size")
+    # Flag errors come first, exactly as without --dry-run.
+    _one_line_error(_dry_run(8, *base, "--pipeline-model-parallel-size", 2), "--pipeline-model-parallel-size")
+    _one_line_error(_dry_run(8, "--task", "CB", "--data-dir", "x"), "--load")

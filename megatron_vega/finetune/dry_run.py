@@ -1,0 +1,40 @@
+"""``finetune_superglue.py --dry-run``: check a fine-tuning layout for any world size in one process.
+
+Nothing is read: no checkpoint, tokenizer or data file (the recipes dry-run on machines that have none of them).
+The flags have already passed ``FinetuneRun.validate``; this checks what depends on the world the launcher
+describes (WORLD_SIZE, see ``config.world_size``): TP divides it, the global batch splits into micro-batches over
+the data-parallel ranks and, for ``--model-preset``, TP divides the heads, FFN and padded vocabulary. A model
+given by ``--load`` is checked against TP when it loads (its shape lives in the checkpoint).
+"""
+from megatron_vega.config import ParallelConfig, model_preset
+from megatron_vega.data.sampler import check_batch_sizes
+from megatron_vega.errors import VegaInputError
+
+
+def dry_run(run, world: int) -> dict:
+    """Raise VegaInputError (naming the flag) for an impossible layout; print and return the plan."""
+    t, o, tr = run.task, run.optim, run.transductive
+    tp = o.tensor_model_parallel_size
+    if tp < 1:
+        raise VegaInputError("--tensor-model-parallel-size", f"must be >= 1, got {tp}")
+    if world % tp:
+        raise VegaInputError("--tensor-model-parallel-size",
+                             f"TP={tp} does not divide the world size {world} (WORLD_SIZE)")
+    if run.model_preset:
+        ParallelConfig(tensor_model_parallel_size=tp).validate(model_preset(run.model_preset), world)
+    dp = world // tp
+    gbs = o.global_batch_size or o.micro_batch_size * dp
+    check_batch_sizes(gbs, o.micro_batch_size, dp)
+    plan = {"world": world, "tp": tp, "pp": 1, "dp": dp, "global_batch": gbs,
+            "micro_batches": gbs // (o.micro_batch_size * dp)}
+    print(f"layout: world {world} = TP {tp} x PP 1 x DP {dp}; global batch {gbs} = {plan['micro_batches']} "
+          f"micro-batches x {o.micro_batch_size} x DP {dp}")
+    weights = f"random {run.model_preset}" if run.model_preset else f"{t.load} (shape checked when it loads)"
+    extras = [f"{run.prompt.prompt_type} prompt of {run.prompt.prompt_length} (frozen encoder)"
+              if run.prompt.prompt_tuning else "",
+              f"SiFT lambda {run.sift.sift_lambda}" if run.sift.sift else "",
+              f"{tr.transductive_rounds} transductive round(s)" if tr.transductive_rounds else "",
+              f"predictions -> {t.predict}" if t.predict else ""]
+    print(f"fine-tuning {t.task} from {weights}: {o.epochs} epochs, lr {o.lr:g}, seq {o.seq_length}"
+          + "".join(f", {e}" for e in extras if e))
+    return plan
