@@ -30,11 +30,18 @@ def dry_run(run, world: int) -> dict:
     print(f"layout: world {world} = TP {tp} x PP 1 x DP {dp}; global batch {gbs} = {plan['micro_batches']} "
           f"micro-batches x {o.micro_batch_size} x DP {dp}")
     weights = f"random {run.model_preset}" if run.model_preset else f"{t.load} (shape checked when it loads)"
-    extras = [f"{run.prompt.prompt_type} prompt of {run.prompt.prompt_length} (frozen encoder)"
-              if run.prompt.prompt_tuning else "",
+    extras = [_prompt_summary(run),
               f"SiFT lambda {run.sift.sift_lambda}" if run.sift.sift else "",
               f"{tr.transductive_rounds} transductive round(s)" if tr.transductive_rounds else "",
               f"predictions -> {t.predict}" if t.predict else ""]
     print(f"fine-tuning {t.task} from {weights}: {o.epochs} epochs, lr {o.lr:g}, seq {o.seq_length}"
           + "".join(f", {e}" for e in extras if e))
     return plan
+
+
+def _prompt_summary(run) -> str:
+    p, panda = run.prompt, run.panda
+    if not p.prompt_tuning:
+        return ""
+    return (f"{p.prompt_type} prompt of {p.prompt_length} (encoder {p.prompt_encoder}, frozen backbone)"
+            + (f", PANDA teacher {panda.panda_teacher} ({panda.panda_kd} KD)" if panda.panda_teacher else ""))
