@@ -2,12 +2,13 @@
 
 Candidates (same work: Q/K/V projections, relative-table projections, c2c + c2p + p2c scores, masked softmax,
 dropout, PV, output projection):
-  * ``ours``: megatron_vega.model.attention.DisentangledSelfAttention (fused QKV, ColumnParallel/RowParallel at TP=1,
-    c2p/p2c gathered into one bias, SDPA), input [s, b, H].
+  * ``ours``: megatron_vega.model.attention.DisentangledSelfAttention (fused QKV, ColumnParallel/RowParallel at TP=1;
+    fp32 on CPU: the chunked core of attention.py (_CpuAttention), else c2p/p2c gathered into one bias for SDPA),
+    input [s, b, H].
   * ``hf``: transformers' DisentangledSelfAttention followed by an nn.Linear(H, H) (the output dense that HF keeps in
     DebertaV2SelfOutput and ours keeps in the module), input [b, s, H].
-  * ``ours_core``: the function ``disentangled_attention`` alone on precomputed q, k, v and position tables
-    (informational: how much of ours is the score/softmax core).
+  * ``ours_core``: the function ``disentangled_attention`` alone on precomputed q, k, v (views of one fused
+    tensor, as in the module) and position tables (informational: how much of ours is the score/softmax core).
 The relative index, the pairwise mask and the LayerNorm'd relative table are built once outside the timed call,
 as each encoder does once per forward. Precision options as in bench_step.py.
 """
@@ -125,17 +126,20 @@ def build_ours_core(cfg, args, x):
     tc, dt, weights, index, mask_bias = _ours_setup(cfg, args)
     b, s, heads, d, span2 = args.batch, args.seq, cfg.num_attention_heads, cfg.kv_channels, 2 * cfg.attention_span
     gen = torch.Generator().manual_seed(args.seed)
-    q, k, v = (torch.randn(b, heads, s, d, generator=gen).to(dt).requires_grad_() for _ in range(3))
+    # Q/K/V as the module has them: views of the fused projection's [s, b, heads, 3, d] output
+    fused = torch.randn(s, b, heads, 3, d, generator=gen).to(dt).requires_grad_()
     pk, pq = (torch.randn(heads, span2, d, generator=gen).to(dt).requires_grad_() for _ in range(2))
     grad = torch.randn(b, heads, s, d, generator=gen).to(dt)
     scale = 1.0 / math.sqrt(d * 3)
     use_autocast = args.dtype == "bf16" and not weights
 
     def call():
+        qkv = fused.permute(3, 1, 2, 0, 4)  # [3, b, heads, s, d]
         with autocast(use_autocast):
-            out = disentangled_attention(q, k, v, pk, pq, index, mask_bias, cfg.attention_dropout, scale)
+            out = disentangled_attention(qkv[0], qkv[1], qkv[2], pk, pq, index, mask_bias, cfg.attention_dropout,
+                                         scale, qkv=qkv)
         out.backward(grad.to(out.dtype))
-        for t in (q, k, v, pk, pq):
+        for t in (fused, pk, pq):
             t.grad = None
     return call
 
