@@ -38,11 +38,16 @@ def parse_args():
     p.add_argument("--bf16-small-args", default=SMALL_BF16)
     p.add_argument("--force-full-bf16", action="store_true", help="run bf16 at full shape even if slow")
     p.add_argument("--reuse", action="store_true", help="reuse JSON results already in --workdir")
+    p.add_argument("--render-only", action="store_true",
+                   help="write BENCHMARKS.md from the JSON results already in --workdir, running nothing")
     return p.parse_args()
 
 
-def run(script: str, args: list[str], json_path: str, log, reuse: bool) -> dict | None:
-    if reuse and os.path.exists(json_path):
+def run(script: str, args: list[str], json_path: str, log, reuse: bool, render_only: bool = False) -> dict | None:
+    if render_only and not os.path.exists(json_path):
+        log(f"no {json_path}: left out")
+        return None
+    if (reuse or render_only) and os.path.exists(json_path):
         log(f"reusing {json_path}")
     else:
         cmd = [sys.executable, os.path.join(HERE, script), *args, "--json", json_path]
@@ -122,21 +127,22 @@ def main():
         and not a.force_full_bf16
     results = {"step": [], "attention": [], "smoothed_ce": [], "parallel": []}
     for kind, script, args, name, reduced in jobs(a, presets, dtypes, slow_bf16):
-        r = run(script, args, os.path.join(a.workdir, name), log, a.reuse)
+        r = run(script, args, os.path.join(a.workdir, name), log, a.reuse, a.render_only)
         if r:
             r["reduced"] = reduced
             results[kind].append(r)
     profile = None
     if a.profile or (a.profile is None and not a.quick):
         path = os.path.join(a.workdir, "profile_ours_base_fp32.txt")
-        if not (a.reuse and os.path.exists(path)):
+        if not a.render_only and not (a.reuse and os.path.exists(path)):
             cmd = [sys.executable, os.path.join(HERE, "bench_step.py"), "--preset", "base", "--profile", "ours",
                    "--profile-rows", "20", "--threads", "1"]
             log("$ " + " ".join(cmd[1:]))
             with open(path, "w") as f:
                 f.write(subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO).stdout)
-        with open(path) as f:
-            profile = f.read()
+        if os.path.exists(path):
+            with open(path) as f:
+                profile = f.read()
     with open(a.out, "w") as f:
         f.write(render(record, peaks, slow_bf16, results, profile, plans(log), a.quick))
     log(f"wrote {a.out}")
