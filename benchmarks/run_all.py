@@ -178,8 +178,8 @@ def render(record, peaks, slow_bf16, results, profile, planned, quick) -> str:
                  f"GFLOP/token, {r['repeats']} timed repeat(s)")
         out += [f"### {shape}", "", f"`{r['command']}`", "", peak_line(r), "", bench_step.table(r), ""]
     out += ["## Disentangled attention alone (forward + backward)", "",
-            "Ours: `DisentangledSelfAttention` module (fused QKV, c2p/p2c gathered into one bias; fp32 on CPU: bias "
-            "added inside the QK^T GEMM with baddbmm, bf16 / GPU: SDPA). HF: its "
+            "Ours: `DisentangledSelfAttention` module (fused QKV; fp32 on CPU: the chunked `_CpuAttention` core; "
+            "bf16 / GPU: c2p/p2c gathered into one bias for SDPA). HF: its "
             "`DisentangledSelfAttention` + an output `nn.Linear` (ours' module includes the output projection). "
             "`ours_core`: the `disentangled_attention` function alone on precomputed Q/K/V and position tables.", ""]
     for r in attn_res:
@@ -273,10 +273,15 @@ NOTES = """\
 - **Dropout masks** (`aten::bernoulli_`, 6-10 % of ours' step): 12 attention-probability masks of [b, h, s, s]
   drawn element by element. Drawing random bits in bulk (one int64 per 4 elements, ~8x cheaper to generate) with a
   fused mask-multiply, or a bool mask, is the next CPU lever; HF pays the same.
-- **Relative-position gathers** (`gather` + `scatter_add_` backward, ~9 %): c2p and p2c are gathered from [b, h, s,
-  2k] into [b, h, s, s]. Toeplitz alternatives (expand along 2s-1 relative offsets, then a strided shift) were
-  measured 1.6-3x slower on this CPU, so the gather stays; a fused kernel (FlashDeBERTa-style, anchors §5.3)
-  removes the [b, h, s, s] terms on GPU.
+- **Attention core on CPU (fp32).** `_CpuAttention` in `model/attention.py` works in chunks of 2 heads of one
+  sequence on single-threaded workers: c2p gathered straight into the score buffer, p2c added transposed, mask,
+  `baddbmm_`, in-place softmax, dropout with a uint8 mask (the same draws as `F.dropout`), PV, and a hand-written
+  backward. Most of its gain over HF is allocation: HF allocates fresh 50 MB score tensors (page faults, kernel
+  zeroing, ~0.9 s of sys time per call); ours keeps per-thread chunk buffers. With `--malloc tuned` HF catches up
+  to ~1.2x: both are then bound by the same GEMMs (~52 GFLOP per call) plus the serial dropout draw. Relative-shift
+  (Toeplitz) variants and index_select were measured slower than the gather. On GPU the same module uses SDPA
+  with the merged additive bias (a fused FlashDeBERTa-style kernel, anchors §5.3, would remove the [b, h, s, s]
+  terms).
 - **Page faults.** glibc serves every block above 32 MiB (each [4, 12, 512, 512] fp32 score tensor is 50 MB) with
   a fresh mmap, so each use pays page faults and kernel zeroing: ~20 % of the process's CPU time was sys time.
   `--malloc tuned` (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=2^31-1; jemalloc/tcmalloc via LD_PRELOAD are the
