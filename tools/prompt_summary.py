@@ -7,21 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_vega.errors import VegaInputError, exit_on_input_error  # noqa: E402
-from megatron_vega.prompt.store import FORMAT  # noqa: E402
+from megatron_vega.errors import exit_on_input_error  # noqa: E402
+from megatron_vega.prompt.store import read_prompt_file  # noqa: E402
 
 
 def describe(path: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise VegaInputError(path, f"not a readable prompt file ({type(err).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise VegaInputError(path, f"not a prompt file (expected format {FORMAT})")
+    state = read_prompt_file(path)
     source = (state.get("transferred_from") or {}).get("task")
     panda = state.get("panda")
     origin = (f"PANDA from {panda.get('teacher_source')} teacher, lambda {panda['lambda']:.4f}" if panda

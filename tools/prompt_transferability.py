@@ -91,8 +91,7 @@ def run(args) -> None:
     from megatron_vega.finetune.task_model import build_task_model
     from megatron_vega.finetune.tasks import read_split
     from megatron_vega.model.build import transformer_config
-    from megatron_vega.prompt.prompt import Prompt
-    from megatron_vega.prompt.store import load_weights, read_prompt_file
+    from megatron_vega.prompt.store import prompt_from_file, read_prompt_file
     from megatron_vega.prompt.transferability import format_table, task_embedding, transfer_matrix
 
     fake = FinetuneRun(task=TaskConfig(task=args.targets[0], load=args.load, tokenizer_model=args.tokenizer_model),
@@ -111,9 +110,7 @@ def run(args) -> None:
     for item in args.prompts:
         name, path = item.split("=", 1) if "=" in item else (None, item)
         state = read_prompt_file(path, model_cfg)
-        prompt = Prompt(state["structure"], model_cfg)
-        load_weights(prompt, state["prompt"])
-        prompts[name or state["task"]] = prompt.to(runtime.device())
+        prompts[name or state["task"]] = prompt_from_file(state, model_cfg, path).to(runtime.device())
     for target in args.targets:
         if target not in prompts:
             raise VegaInputError("--targets", f"{target} has no prompt among --prompts ({', '.join(prompts)})")

@@ -70,11 +70,11 @@ def real_word_prefix(encoder, ids: list[int], cls_id: int, sep_id: int) -> torch
     return torch.stack(per_layer, dim=1).reshape(len(ids), -1)
 
 
-def build_prompt(cfg, model_cfg, encoder, tokenizer, seed: int, structure: dict | None = None) -> Prompt:
-    """A new prompt (``structure`` from a file, else from ``cfg``), initialised per --prompt-init."""
-    structure = structure or structure_of(cfg)
+def build_prompt(cfg, model_cfg, encoder, tokenizer, seed: int) -> Prompt:
+    """A new prompt shaped by ``cfg``, initialised per --prompt-init."""
+    structure = structure_of(cfg)
     prompt = Prompt(structure, model_cfg)
-    ids = init_ids(cfg, tokenizer, seed) if cfg is not None else None
+    ids = init_ids(cfg, tokenizer, seed)
     table = None
     if ids is not None:
         if structure["type"] == "deep" and structure["encoder"] == "none":
@@ -86,8 +86,8 @@ def build_prompt(cfg, model_cfg, encoder, tokenizer, seed: int, structure: dict 
 
 
 # -- files ------------------------------------------------------------------------------------------------------
-def read_prompt_file(path: str, model_cfg, task: str | None = None) -> dict:
-    """A prompt file's content, checked against the backbone (and the task, when given)."""
+def read_prompt_file(path: str, model_cfg=None, task: str | None = None) -> dict:
+    """A prompt file's content, checked against the backbone (when given) and the task (when given)."""
     if not Path(path).is_file():
         raise VegaInputError(path, "no such prompt file")
     try:
@@ -96,7 +96,7 @@ def read_prompt_file(path: str, model_cfg, task: str | None = None) -> dict:
         raise VegaInputError(path, f"not a readable prompt file ({type(err).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise VegaInputError(path, f"not a prompt file (expected format {FORMAT})")
-    if state["backbone"] != backbone_shape(model_cfg):
+    if model_cfg is not None and state["backbone"] != backbone_shape(model_cfg):
         raise VegaInputError(path, f"prompt was trained on a different backbone {state['backbone']}, this one is "
                                    f"{backbone_shape(model_cfg)}")
     if task is not None and state["task"] != task:
@@ -118,6 +118,21 @@ def save_prompt_file(path: str, prompt: Prompt, head, model_cfg, meta: dict, ove
         torch.save(state, tmp)
         os.replace(tmp, target)
     dist.barrier()
+
+
+def prompt_from_file(state: dict, model_cfg, path: str) -> Prompt:
+    """The prompt a (read, checked) prompt file holds, every tensor loaded."""
+    prompt = Prompt(state["structure"], model_cfg)
+    load_all(prompt, state["prompt"], path, "prompt")
+    return prompt
+
+
+def load_all(module, tensors: dict, path: str, what: str) -> None:
+    """Copy every tensor of ``module`` from ``tensors``; a missing or mis-shaped one is the file's error."""
+    copied = load_weights(module, tensors)
+    missing = sorted(set(module.state_dict()) - set(copied))
+    if missing:
+        raise VegaInputError(path, f"{what} lacks or mis-shapes {', '.join(missing[:3])}")
 
 
 @torch.no_grad()

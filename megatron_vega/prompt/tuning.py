@@ -8,19 +8,10 @@ target-like teacher; the PANDA student is a fresh prompt trained on CE + c*lambd
 import torch
 
 from megatron_vega import runtime
-from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune.task_model import TaskModel
 from megatron_vega.finetune.tasks import build_head
 from megatron_vega.prompt.panda import balancing_factor
-from megatron_vega.prompt.prompt import Prompt
-from megatron_vega.prompt.store import build_prompt, load_weights, read_prompt_file
-
-
-def _load_all(module, tensors: dict, path: str, what: str) -> None:
-    copied = load_weights(module, tensors)
-    missing = sorted(set(module.state_dict()) - set(copied))
-    if missing:
-        raise VegaInputError(path, f"{what} lacks or mis-shapes {', '.join(missing[:3])}")
+from megatron_vega.prompt.store import build_prompt, load_all, load_weights, prompt_from_file, read_prompt_file
 
 
 def attach_prompt(run, model, model_cfg, tokenizer, dtype) -> dict:
@@ -31,14 +22,12 @@ def attach_prompt(run, model, model_cfg, tokenizer, dtype) -> dict:
     origin = {"transferred_from": None}
     if p.load_prompt:
         state = read_prompt_file(p.load_prompt, model_cfg, task)
-        prompt = Prompt(state["structure"], model_cfg)
-        _load_all(prompt, state["prompt"], p.load_prompt, "prompt")
-        _load_all(model.head, state["head"], p.load_prompt, "head")
+        prompt = prompt_from_file(state, model_cfg, p.load_prompt)
+        load_all(model.head, state["head"], p.load_prompt, "head")
         origin["transferred_from"] = state.get("transferred_from")
     elif p.init_prompt:
         state = read_prompt_file(p.init_prompt, model_cfg)
-        prompt = Prompt(state["structure"], model_cfg)
-        _load_all(prompt, state["prompt"], p.init_prompt, "prompt")
+        prompt = prompt_from_file(state, model_cfg, p.init_prompt)
         head = load_weights(model.head, state["head"], skip=lambda name: "classifier" in name)
         origin["transferred_from"] = {"task": state["task"], "file": p.init_prompt, "head_tensors": head}
     else:
@@ -54,10 +43,9 @@ def build_teacher(run, model, model_cfg, dtype):
     if not cfg.panda_teacher:
         return None, 0.0, ""
     state = read_prompt_file(cfg.panda_teacher, model_cfg, task)
-    prompt = Prompt(state["structure"], model_cfg)
-    _load_all(prompt, state["prompt"], cfg.panda_teacher, "prompt")
+    prompt = prompt_from_file(state, model_cfg, cfg.panda_teacher)
     head = build_head(task, model_cfg.hidden_size, run.optim.cls_dropout)
-    _load_all(head, state["head"], cfg.panda_teacher, "head")
+    load_all(head, state["head"], cfg.panda_teacher, "head")
     teacher = TaskModel(model.encoder, head.to(device=runtime.device(), dtype=dtype),
                         prompt.to(device=runtime.device(), dtype=dtype))
     for param in teacher.parameters():
