@@ -9,7 +9,10 @@ Precision (``--dtype bf16``):
   * HF: bf16 autocast over fp32 weights (as perf_baseline.md), or ``--hf-bf16 weights``.
   * ours: bf16 weights (Megatron's scheme: bf16 params and activations, fp32 master weights and AdamW state),
     or ``--ours-bf16 autocast``. ``--hf-bf16 weights`` gets the same fp32-master optimizer.
-Both use torch.optim.AdamW(foreach=True, lr 1e-4, weight decay 0.01) on fp32 (master) params.
+Optimizer: torch.optim.AdamW(lr 1e-4, weight decay 0.01) on fp32 (master) params. Ours uses its fused kernel, as
+the framework's trainers do (training/optimizer.py); HF gets torch's default implementation, which is what HF's
+Trainer uses by default (optim="adamw_torch"; on CPU the per-tensor loop, faster here than foreach=True). The
+optimizer's own time per step is reported for each, so the step can be compared without it too.
 
 Model FLOPs per token (megatron_vega/training/flops.py, the formula the trainer logs), training = 3 x forward:
   fwd = 2 * [ L * (3hp + ph + 2hf                 # QKV, output projection, FFN
@@ -23,7 +26,9 @@ wasted work, so it is not model FLOPs; its executed FLOPs, with m = 1, are repor
 import argparse
 import contextlib
 import os
+import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -87,14 +92,16 @@ def make_batch(cfg, args):
 
 
 class AdamWMaster:
-    """AdamW on fp32 params; for bf16 params on fp32 master copies (grads cast up, weights copied back)."""
+    """AdamW on fp32 params; for bf16 params on fp32 master copies (grads cast up, weights copied back).
+    ``seconds`` collects the time of each step() (master copies included)."""
 
-    def __init__(self, params):
+    def __init__(self, params, fused: bool):
         self.params = [p for p in params if p.requires_grad]
         self.low = any(p.dtype != torch.float32 for p in self.params)
         self.master = ([p.detach().float().clone().requires_grad_() for p in self.params]
                        if self.low else self.params)
-        self.opt = torch.optim.AdamW(self.master, lr=1e-4, weight_decay=0.01, foreach=True)
+        self.opt = torch.optim.AdamW(self.master, lr=1e-4, weight_decay=0.01, fused=fused or None)
+        self.seconds = []
 
     def zero_grad(self):
         for p in self.params:
@@ -102,6 +109,7 @@ class AdamWMaster:
 
     @torch.no_grad()
     def step(self):
+        start = time.perf_counter()
         if self.low:
             for m, p in zip(self.master, self.params):
                 m.grad = p.grad.float()
@@ -109,6 +117,7 @@ class AdamWMaster:
         if self.low:
             for m, p in zip(self.master, self.params):
                 p.copy_(m)
+        self.seconds.append(time.perf_counter() - start)
 
 
 def autocast(on: bool):
@@ -122,7 +131,7 @@ def build_hf(cfg, args, batch):
     use_autocast = args.dtype == "bf16" and args.hf_bf16 == "autocast"
     if args.dtype == "bf16" and args.hf_bf16 == "weights":
         model.to(torch.bfloat16)
-    opt = AdamWMaster(model.parameters())
+    opt = AdamWMaster(model.parameters(), fused=False)
 
     def step():
         opt.zero_grad()
@@ -131,6 +140,7 @@ def build_hf(cfg, args, batch):
         out.loss.backward()
         opt.step()
         return out.loss.detach()
+    step.optimizer = opt
     return step
 
 
@@ -146,7 +156,7 @@ def build_ours(cfg, args, batch):
     [model] = build_model(cfg, transformer_config(cfg, ParallelConfig(), "bf16" if weights_bf16 else "fp32"))
     init_weights([model], args.seed)
     model.train()
-    opt = AdamWMaster(model.parameters())
+    opt = AdamWMaster(model.parameters(), fused=True)
 
     def step():
         opt.zero_grad()
@@ -156,6 +166,7 @@ def build_ours(cfg, args, batch):
         loss.backward()
         opt.step()
         return loss.detach()
+    step.optimizer = opt
     return step
 
 
@@ -234,7 +245,8 @@ def run(args, argv) -> dict:
         results[name] = dict(step_s=t, tokens_per_s=tps, tokens_per_s_best=tokens / t["min"],
                              model_gflops=model_flops * tps / 1e9, mfu=model_flops * tps / (peak["gflops"] * 1e9),
                              executed_gflops_per_token=executed[name] / 1e9,
-                             hfu=executed[name] * tps / (peak["gflops"] * 1e9))
+                             hfu=executed[name] * tps / (peak["gflops"] * 1e9),
+                             optimizer_s=statistics.median(steps[name].optimizer.seconds))
     for name in names:
         results[name]["memory"] = memory.get(name)
     out = dict(bench="step", preset=args.preset, dtype=args.dtype, batch=args.batch, seq=args.seq,
@@ -250,13 +262,15 @@ def run(args, argv) -> dict:
 
 def table(res: dict) -> str:
     rows = ["| candidate | step s (min / median / max) | CPU s (median) | tokens/s | model GFLOP/s | MFU |"
-            " executed GFLOP/token | HFU | peak RSS GiB | step peak GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+            " executed GFLOP/token | HFU | optimizer s | peak RSS GiB | step peak GiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["results"].items():
         t, m = r["step_s"], r.get("memory") or {}
         rows.append(f"| {name} | {t['min']:.2f} / {t['median']:.2f} / {t['max']:.2f} | {t['cpu']['median']:.1f} | "
                     f"{r['tokens_per_s']:.1f} | "
                     f"{r['model_gflops']:.1f} | {100 * r['mfu']:.1f} % | {r['executed_gflops_per_token']:.3f} | "
-                    f"{100 * r['hfu']:.1f} % | {common.gib(m.get('peak_rss'))} | {common.gib(m.get('step_peak'))} |")
+                    f"{100 * r['hfu']:.1f} % | {r['optimizer_s']:.2f} | {common.gib(m.get('peak_rss'))} | "
+                    f"{common.gib(m.get('step_peak'))} |")
     if "speedup_median" in res:
         rows.append(f"\nspeed-up ours vs HF (HF step time / ours): median {res['speedup_median']:.2f}x, "
                     f"best {res['speedup_best']:.2f}x, by CPU time {res['speedup_cpu']:.2f}x")

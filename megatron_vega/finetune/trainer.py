@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import OptimizerConfig
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_vega import runtime
@@ -26,6 +26,7 @@ from megatron_vega.finetune.task_model import TaskModel
 from megatron_vega.model.build import DTYPES
 from megatron_vega.prompt.panda import panda_loss
 from megatron_vega.prompt.tuning import teacher_logits
+from megatron_vega.training.optimizer import build_optimizer
 
 
 def print_rank0(*args) -> None:
@@ -95,7 +96,7 @@ class Finetuner:
     # -- training -------------------------------------------------------------------------------------------------
     def _optimizer_and_schedule(self, total_steps: int):
         o = self.optim
-        optimizer = get_megatron_optimizer(OptimizerConfig(
+        optimizer = build_optimizer(OptimizerConfig(
             optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
             adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, bf16=o.bf16,
             params_dtype=DTYPES["bf16" if o.bf16 else "fp32"]), [self.ddp])

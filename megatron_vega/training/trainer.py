@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import OptimizerConfig
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -21,6 +21,7 @@ from megatron_vega.training.batches import microbatches
 from megatron_vega.training.flops import train_flops_per_token
 from megatron_vega.training.log import TrainingLog
 from megatron_vega.training.objectives import mlm_forward_step, unwrap
+from megatron_vega.training.optimizer import build_optimizer
 
 
 def print_last(*args) -> None:
@@ -52,7 +53,7 @@ class Trainer:
                                             use_distributed_optimizer=par.use_distributed_optimizer)
         self.model = [DistributedDataParallel(self.tc, ddp, m, disable_bucketing=i > 0)
                       for i, m in enumerate(chunks)]
-        self.optimizer = get_megatron_optimizer(OptimizerConfig(
+        self.optimizer = build_optimizer(OptimizerConfig(
             optimizer="adam", lr=tr.lr, min_lr=tr.min_lr, weight_decay=tr.weight_decay, adam_beta1=tr.adam_beta1,
             adam_beta2=tr.adam_beta2, adam_eps=tr.adam_eps, clip_grad=tr.clip_grad, bf16=tr.bf16, fp16=tr.fp16,
             params_dtype=DTYPES[tr.precision], loss_scale=tr.loss_scale, initial_loss_scale=tr.initial_loss_scale,
