@@ -270,15 +270,16 @@ NOTES = """\
   waiting for a core) is the steadier figure. The GEMM-peak samples' min/max show how contended each run was.
 - **Matrix products** (mm/addmm for the linears, bmm/baddbmm for attention) are ~60 % of ours' fp32 step and run
   near the GEMM peak; the batched [s, d] x [d, s] products with d = 64 run at roughly half of it.
-- **Dropout masks** (`aten::bernoulli_`, 6-10 % of ours' step): 12 attention-probability masks of [b, h, s, s]
-  drawn element by element. Drawing random bits in bulk (one int64 per 4 elements, ~8x cheaper to generate) with a
-  fused mask-multiply, or a bool mask, is the next CPU lever; HF pays the same.
+- **Dropout masks.** `bernoulli_` draws one mt19937 number per element, serially (PyTorch's vectorised MKL
+  generator is used on Intel CPUs only): ~12 ns per element here, and the attention-probability masks alone are
+  b·h·s² elements per layer. Ours' CPU attention core draws each chunk's mask on its worker from a generator of
+  its own, four 15-bit lanes per 64-bit draw (~1.5 ns per element; p on a 2^-15 grid, the scale matched to it).
+  The hidden-state dropouts (F.dropout) and all of HF's dropouts still use `bernoulli_`.
 - **Attention core on CPU (fp32).** `_CpuAttention` in `model/attention.py` works in chunks of 2 heads of one
   sequence on single-threaded workers: c2p gathered straight into the score buffer, p2c added transposed, mask,
-  `baddbmm_`, in-place softmax, dropout with a uint8 mask (the same draws as `F.dropout`), PV, and a hand-written
-  backward. Most of its gain over HF is allocation: HF allocates fresh 50 MB score tensors (page faults, kernel
+  `baddbmm_`, in-place softmax, dropout with a uint8 mask, PV, and a hand-written backward. Most of its gain over HF is allocation: HF allocates fresh 50 MB score tensors (page faults, kernel
   zeroing, ~0.9 s of sys time per call); ours keeps per-thread chunk buffers. With `--malloc tuned` HF catches up
-  to ~1.2x: both are then bound by the same GEMMs (~52 GFLOP per call) plus the serial dropout draw. Relative-shift
+  to ~1.2x: both are then bound by the same GEMMs (~52 GFLOP per call) (that figure predates the parallel mask draws). Relative-shift
   (Toeplitz) variants and index_select were measured slower than the gather. On GPU the same module uses SDPA
   with the merged additive bias (a fused FlashDeBERTa-style kernel, anchors §5.3, would remove the [b, h, s, s]
   terms).

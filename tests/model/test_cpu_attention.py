@@ -1,5 +1,5 @@
 """The hand-written fp32 CPU attention core (attention._CpuAttention) against the plain formulation: c2p/p2c by
-torch.gather on expanded indices, softmax, F.dropout, autograd doing the backward."""
+torch.gather on expanded indices, softmax, dropout, autograd doing the backward."""
 import math
 
 import pytest
@@ -78,22 +78,55 @@ def test_gradcheck(chunking):
     assert torch.autograd.gradcheck(f, (fused, pos_key, pos_query, *prefix), fast_mode=True)
 
 
-def test_fp32_dropout_draws_the_same_mask_as_f_dropout(chunking):
-    """Same seed, same mask: the CPU path and the reference (F.dropout) agree to fp32 rounding, including grads."""
+def test_fp32_dropout_equals_the_reference_with_the_same_mask(chunking):
+    """The mask the CPU core drew (saved for its backward), applied in the plain formulation: same output and
+    grads to fp32 rounding."""
     fused, pos_key, pos_query, prefix, mask, index = inputs(torch.float32, prefix_len=2)
     leaves = [fused, pos_key, pos_query, *prefix]
-    scale = 1 / math.sqrt(3 * D)
+    scale, p = 1 / math.sqrt(3 * D), 0.3
     qkv = fused.permute(3, 1, 2, 0, 4)
     grad = torch.randn(B, H, S, D)
-    results = []
-    for fn, kwargs in ((reference, {}), (disentangled_attention, {"qkv": qkv})):
-        torch.manual_seed(7)
-        out = fn(qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask, 0.3, scale, prefix, **kwargs)
-        results.append((out, torch.autograd.grad(out, leaves, grad)))
-    (ref, ref_grads), (out, grads) = results
+    torch.manual_seed(7)
+    out = disentangled_attention(qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask, p, scale, prefix, qkv=qkv)
+    keep = torch.stack(out.grad_fn.saved_tensors[7 + B:]).float()  # saved: qkv, prefix k/v, tables, indices, probs
+    assert 0 < keep.mean() < 1
+    _, inv = attention._dropout_grid(p)
+    dropout = lambda probs, *_: probs * keep * inv  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(F, "dropout", dropout)
+        ref = reference(qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask, p, scale, prefix)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, leaves, grad)):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-5)
+
+
+def test_dropout_mask_is_deterministic_and_independent_of_the_workers(monkeypatch):
+    fused, pos_key, pos_query, prefix, mask, index = inputs(torch.float32)
+    qkv = fused.permute(3, 1, 2, 0, 4)
+    outs = []
+    for workers in (1, 2, 2):
+        monkeypatch.setattr(_CpuAttention, "WORKERS", workers)
+        torch.manual_seed(11)
+        outs.append(disentangled_attention(qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask, 0.5, 0.3,
+                                           qkv=qkv))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+    torch.manual_seed(12)
+    assert not torch.equal(outs[0], disentangled_attention(qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask,
+                                                           0.5, 0.3, qkv=qkv))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_mask_keeps_each_element_with_probability_1_minus_p(p):
+    """Every one of the four 15-bit lanes of a 64-bit draw is uniform; chunks seeded apart are not copies."""
+    threshold, inv = attention._dropout_grid(p)
+    assert abs(threshold / 2 ** 15 - p) <= 2 ** -16 and inv == pytest.approx(1 / (1 - threshold / 2 ** 15))
+    keep = torch.empty(2, 1 << 20, dtype=torch.uint8)
+    attention._draw_keep(keep[0], threshold, seed=5)
+    attention._draw_keep(keep[1], threshold, seed=6)
+    sigma = math.sqrt(p * (1 - p) / (1 << 18))
+    for lane in range(4):
+        assert abs(keep[0, lane::4].float().mean().item() - (1 - p)) < 5 * sigma
+    assert (keep[0] == keep[1]).float().mean().item() == pytest.approx(p * p + (1 - p) ** 2, abs=0.01)
 
 
 def test_no_grad_forward_equals_the_training_forward(chunking):
