@@ -277,12 +277,12 @@ NOTES = """\
   The hidden-state dropouts (F.dropout) and all of HF's dropouts still use `bernoulli_`.
 - **Attention core on CPU (fp32).** `_CpuAttention` in `model/attention.py` works in chunks of 2 heads of one
   sequence on single-threaded workers: c2p gathered straight into the score buffer, p2c added transposed, mask,
-  `baddbmm_`, in-place softmax, dropout with a uint8 mask, PV, and a hand-written backward. Most of its gain over HF is allocation: HF allocates fresh 50 MB score tensors (page faults, kernel
-  zeroing, ~0.9 s of sys time per call); ours keeps per-thread chunk buffers. With `--malloc tuned` HF catches up
-  to ~1.2x: both are then bound by the same GEMMs (~52 GFLOP per call) (that figure predates the parallel mask draws). Relative-shift
-  (Toeplitz) variants and index_select were measured slower than the gather. On GPU the same module uses SDPA
-  with the merged additive bias (a fused FlashDeBERTa-style kernel, anchors §5.3, would remove the [b, h, s, s]
-  terms).
+  `baddbmm_`, in-place softmax, dropout with a uint8 mask, PV, and a hand-written backward. Most of its gain over HF
+  is allocation: HF allocates fresh 50 MB score tensors (page faults, kernel zeroing, ~0.9 s of sys time per call);
+  ours keeps per-thread chunk buffers. With `--malloc tuned` HF catches up to ~1.2x: both are then bound by the same
+  GEMMs (~52 GFLOP per call; measured before the parallel mask draws). Relative-shift (Toeplitz) variants and
+  index_select were measured slower than the gather. On GPU the same module uses SDPA with the merged additive bias
+  (a fused FlashDeBERTa-style kernel, anchors §5.3, would remove the [b, h, s, s] terms).
 - **Page faults.** glibc serves every block above 32 MiB (each [4, 12, 512, 512] fp32 score tensor is 50 MB) with
   a fresh mmap, so each use pays page faults and kernel zeroing: ~20 % of the process's CPU time was sys time.
   `--malloc tuned` (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=2^31-1; jemalloc/tcmalloc via LD_PRELOAD are the
