@@ -3,7 +3,8 @@
 Candidates (same work: Q/K/V projections, relative-table projections, c2c + c2p + p2c scores, masked softmax,
 dropout, PV, output projection):
   * ``ours``: megatron_vega.model.attention.DisentangledSelfAttention (fused QKV, ColumnParallel/RowParallel at TP=1;
-    fp32 on CPU: the chunked core of attention.py (_CpuAttention), else c2p/p2c gathered into one bias for SDPA),
+    on CPU the chunked core of attention.py (_CpuAttention; bf16 computed in fp32 where the CPU has no bf16
+    matrix units), else c2p/p2c gathered into one bias for SDPA),
     input [s, b, H].
   * ``hf``: transformers' DisentangledSelfAttention followed by an nn.Linear(H, H) (the output dense that HF keeps in
     DebertaV2SelfOutput and ours keeps in the module), input [b, s, H].

@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -92,27 +93,34 @@ def make_batch(cfg, args):
 
 
 class AdamWMaster:
-    """AdamW on fp32 params; for bf16 params on fp32 master copies (grads cast up, weights copied back).
-    ``seconds`` collects the time of each step() (master copies included)."""
+    """AdamW on fp32 params; for bf16 params on fp32 master copies, as Megatron does: each bf16 gradient is moved
+    into its master's fp32 gradient as soon as backward has produced it (Megatron's main_grad), the bf16 weights
+    are copied back after the step. ``seconds`` collects the time of each step() (master copies included)."""
 
     def __init__(self, params, fused: bool):
         self.params = [p for p in params if p.requires_grad]
         self.low = any(p.dtype != torch.float32 for p in self.params)
         self.master = ([p.detach().float().clone().requires_grad_() for p in self.params]
                        if self.low else self.params)
+        if self.low:
+            for p, m in zip(self.params, self.master):
+                p.register_post_accumulate_grad_hook(partial(self._to_master, m))
         self.opt = torch.optim.AdamW(self.master, lr=1e-4, weight_decay=0.01, fused=fused or None)
         self.seconds = []
 
+    @staticmethod
+    @torch.no_grad()
+    def _to_master(master, param):
+        master.grad = param.grad.float()
+        param.grad = None
+
     def zero_grad(self):
-        for p in self.params:
+        for p in self.master:
             p.grad = None
 
     @torch.no_grad()
     def step(self):
         start = time.perf_counter()
-        if self.low:
-            for m, p in zip(self.master, self.params):
-                m.grad = p.grad.float()
         self.opt.step()
         if self.low:
             for m, p in zip(self.master, self.params):

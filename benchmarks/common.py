@@ -81,12 +81,19 @@ def format_record(rec: dict) -> str:
 
 # -- GEMM peak --------------------------------------------------------------------------------------------------
 def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5, budget_s: float = 30.0) -> dict:
-    """Best-of-``repeats`` n^3 GEMM in GFLOP/s, the faster of ``a @ b`` (aten::mm) and ``F.linear`` (aten::addmm,
-    which MKL serves on its own path: for bf16 on AVX2-only CPUs ~10x faster than mm). A path 4x slower than the
-    other at 512^3 is not timed at full size; if one product would still blow the time budget (bf16 without
-    hardware support), the size is reduced and reported."""
+    """Best-of-``repeats`` n^3 GEMM in GFLOP/s, the fastest of ``a @ b`` (aten::mm), ``F.linear`` (aten::addmm,
+    which MKL serves on its own path: for bf16 on AVX2-only CPUs ~10x faster than mm) and, for bf16/fp16 where
+    the CPU has no bf16 matrix units, the framework's route (runtime.in_fp32: upcast, fp32 GEMM, round back).
+    ``native_gflops``: the best of the dtype's own kernels (mm, linear). A path 4x slower than the best at 512^3
+    is not timed at full size (its 512^3 figure stands); if one product would still blow the time budget, the
+    size is reduced and reported."""
+    from megatron_vega import runtime
+
     def paths(a, b):
-        return {"mm": lambda: a @ b, "linear": lambda: torch.nn.functional.linear(a, b)}
+        out = {"mm": lambda: a @ b, "linear": lambda: torch.nn.functional.linear(a, b)}
+        if dtype != torch.float32 and not runtime.low_precision_gemm_native():
+            out["fp32 route"] = lambda: runtime.in_fp32(torch.nn.functional.linear, a, b)
+        return out
 
     def best_time(f, reps):
         f()  # warm-up (first use initialises the library)
@@ -103,8 +110,11 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5, budget_s: flo
     while n > 512 and t512 * (n / 512) ** 3 * (repeats + 1) * len(keep) > budget_s:
         n //= 2
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    best = min(best_time(f, repeats) for k, f in paths(a, b).items() if k in keep)
-    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "gflops": 2 * n ** 3 / best / 1e9}
+    gflops = {k: 2 * 512 ** 3 / t / 1e9 for k, t in small.items()}
+    gflops.update({k: 2 * n ** 3 / best_time(f, repeats) / 1e9 for k, f in paths(a, b).items() if k in keep})
+    best = max(gflops, key=gflops.get)
+    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "gflops": gflops[best], "path": best,
+            "native_gflops": max(gflops["mm"], gflops["linear"])}
 
 
 class PeakSampler:
@@ -121,8 +131,9 @@ class PeakSampler:
 
     def summary(self) -> dict:
         g = [r["gflops"] for r in self.samples]
-        return {"dtype": self.samples[0]["dtype"], "n": self.samples[0]["n"], "gflops": max(g), "min_gflops": min(g),
-                "samples": len(g)}
+        best = self.samples[g.index(max(g))]
+        return {"dtype": best["dtype"], "n": best["n"], "gflops": max(g), "min_gflops": min(g), "samples": len(g),
+                "path": best["path"], "native_gflops": max(r["native_gflops"] for r in self.samples)}
 
 
 def tune_malloc() -> None:

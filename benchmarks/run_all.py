@@ -123,7 +123,8 @@ def main():
     record = common.machine_record()
     peaks = {d: common.gemm_peak(common.DTYPES[d]) for d in ("fp32", "bf16")}
     log(f"GEMM peaks: {json.dumps(peaks)}")
-    slow_bf16 = (not record["mkldnn_bf16"] or peaks["bf16"]["gflops"] < 0.2 * peaks["fp32"]["gflops"]) \
+    # HF's bf16 runs on the dtype's own kernels: where they are slow, bf16 rows use a reduced shape
+    slow_bf16 = (not record["mkldnn_bf16"] or peaks["bf16"]["native_gflops"] < 0.2 * peaks["fp32"]["gflops"]) \
         and not a.force_full_bf16
     results = {"step": [], "attention": [], "smoothed_ce": [], "parallel": []}
     for kind, script, args, name, reduced in jobs(a, presets, dtypes, slow_bf16):
@@ -155,20 +156,24 @@ def render(record, peaks, slow_bf16, results, profile, planned, quick) -> str:
            "candidates timed in alternation in the same process, so a background load affects both; absolute "
            "figures move with the machine's load (see the load average below).", "",
            "## Machine", "", "| item | value |", "|---|---|", common.format_record(record),
-           f"| GEMM peak fp32 | {peaks['fp32']['gflops']:.1f} GFLOP/s ({peaks['fp32']['n']}^3, best of 5, mm or linear) |",
-           f"| GEMM peak bf16 | {peaks['bf16']['gflops']:.1f} GFLOP/s ({peaks['bf16']['n']}^3, best of 5, mm or linear) |",
+           *(f"| GEMM peak {d} | {p['gflops']:.1f} GFLOP/s ({p['n']}^3, best of 5, by {p['path']}; the dtype's own "
+             f"kernels: {p['native_gflops']:.1f}) |" for d, p in peaks.items()),
            "", summary(results), ""]
     if slow_bf16:
         out += ["**bf16 has no fast GEMM on this CPU** (no AVX512-BF16/AMX: oneDNN has no bf16 kernel, so `mm`/`bmm` "
                 "fall back to a single-threaded loop at ~1 GFLOP/s and `F.linear` to MKL's conversion path, well "
-                "below fp32). bf16 rows below run a reduced shape and say so; do not compare them with the fp32 rows "
-                "or with perf_baseline.md (measured on an AVX512-BF16 machine).", ""]
+                "below fp32). The framework therefore computes bf16 products in fp32 here (`runtime.in_fp32`: bf16 "
+                "in, fp32 accumulate, bf16 out, what a bf16 matrix unit computes; bf16 kept in memory), so its bf16 "
+                "GEMM peak is the fp32 route's. HF's bf16 stays on the slow kernels, so bf16 rows below run a reduced "
+                "shape and say so; do not compare them with the fp32 rows or with perf_baseline.md (measured on an "
+                "AVX512-BF16 machine).", ""]
     out += ["## Training step (forward + backward + AdamW), ours at TP=1 vs HF DebertaV2ForMaskedLM", "",
             "Same config (`hf_config_dict`), same batch, 15 % of positions labelled, dropout 0.1. HF computes "
             "logits over the full vocabulary at every position (labels = -100 elsewhere); ours only at the labelled "
             "positions (`lm_positions`). fp32: fp32 weights for both. bf16: HF under bf16 autocast (fp32 weights); "
             "ours with bf16 weights and fp32 master weights + AdamW state. MFU = model FLOPs (head at labelled "
-            "positions only, the same count for both) x tokens/s / GEMM peak of the dtype; HFU counts the FLOPs "
+            "positions only, the same count for both) x tokens/s / GEMM peak of the dtype (the fastest measured way to a "
+            "product of that dtype, see Machine); HFU counts the FLOPs "
             "each actually executes (HF: head at all positions). Memory: peak RSS of a fresh process doing 2 steps; "
             "step peak = peak minus RSS after building model + optimizer.", ""]
     for r in step_res:
@@ -178,8 +183,8 @@ def render(record, peaks, slow_bf16, results, profile, planned, quick) -> str:
                  f"GFLOP/token, {r['repeats']} timed repeat(s)")
         out += [f"### {shape}", "", f"`{r['command']}`", "", peak_line(r), "", bench_step.table(r), ""]
     out += ["## Disentangled attention alone (forward + backward)", "",
-            "Ours: `DisentangledSelfAttention` module (fused QKV; fp32 on CPU: the chunked `_CpuAttention` core; "
-            "bf16 / GPU: c2p/p2c gathered into one bias for SDPA). HF: its "
+            "Ours: `DisentangledSelfAttention` module (fused QKV; on CPU the chunked `_CpuAttention` core, in fp32 "
+            "also for bf16 where the CPU has no bf16 matrix units; on GPU c2p/p2c gathered into one bias for SDPA). HF: its "
             "`DisentangledSelfAttention` + an output `nn.Linear` (ours' module includes the output projection). "
             "`ours_core`: the `disentangled_attention` function alone on precomputed Q/K/V and position tables.", ""]
     for r in attn_res:
@@ -292,11 +297,13 @@ NOTES = """\
 - **HF's head over the full vocabulary** at every position costs ~6·h·V FLOPs per token (0.59 GFLOP/token for
   V = 128k at base), ours only at the labelled 15 %: the largest single saving, and it shrinks ours' peak memory
   (HF keeps [b·s, V] fp32 logits and their log-softmax for the backward).
-- **bf16** needs AVX512-BF16 or AMX. Without them (AVX2-only CPUs such as this AMD EPYC) oneDNN has no bf16 GEMM,
-  `mm`/`bmm` fall back to a single-threaded loop (~1 GFLOP/s) and `F.linear` to MKL's conversion path (~10-20
-  GFLOP/s): bf16 is ~10-100x slower than fp32 here, so train in fp32 on such machines. It also
-  decides the bf16 attention row: megatron-core's linears call `torch.matmul` (the slow `mm` path) where HF's
-  `nn.Linear` under autocast hits `addmm` (MKL); on bf16-capable hardware both go to oneDNN.
+- **bf16** needs AVX512-BF16 or AMX for its own GEMM kernels. Without them (AVX2-only CPUs such as this AMD EPYC)
+  oneDNN has no bf16 GEMM, `mm`/`bmm` fall back to a single-threaded loop (~1 GFLOP/s) and `F.linear` to MKL's
+  conversion path (~10-20 GFLOP/s). On such CPUs the framework's bf16 model keeps bf16 weights and activations
+  but computes every matrix product in fp32 (`runtime.in_fp32`: megatron-core's parallel linears, the attention
+  core, the position projections, the nGiE conv, the MLM head), with the upcast inputs saved for the backward as
+  the original bf16 tensors; HF under bf16 autocast stays on the slow kernels, hence the large bf16 ratios. On
+  bf16-capable hardware both use the native kernels and the fp32 rows are the comparison to quote.
 - **Optimizer.** megatron-core without TE/apex builds torch's AdamW with its default implementation: on CPU the
   per-tensor loop (foreach=True is slower still here). The framework switches it to torch's fused kernel
   (`training/optimizer.py`), ~2.7x faster than the loop; HF keeps torch's default, as its Trainer does

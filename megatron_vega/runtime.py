@@ -4,8 +4,10 @@ On a GPU machine this picks NCCL and CUDA and changes nothing in torch or megatr
 gloo and installs the minimal shims megatron-core 0.16 needs on CPU (see ../shared/docs/megatron_core_cpu.md):
 ``torch.cuda`` RNG/device/sync/stream calls answered by the CPU, ``device="cuda"`` in tensor factories mapped to
 the CPU, and ``Tensor.type()`` answering with the ``torch.cuda.*`` names megatron-core compares against.
+On a CPU without bf16 matrix units it also computes the matrix products of bf16/fp16 tensors in fp32 (in_fp32).
 """
 import datetime
+import functools
 import logging
 import os
 import tempfile
@@ -106,6 +108,71 @@ def install_cpu_shims() -> None:
     logging.getLogger(mcore_random.__name__).addFilter(lambda r: "CPU RNG state changed" not in r.getMessage())
     mcore_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    if not low_precision_gemm_native():
+        from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+        for cls in (ColumnParallelLinear, RowParallelLinear):
+            cls._forward_impl = _linear_in_fp32(cls._forward_impl)
+
+
+@functools.cache
+def _cpu_flags() -> frozenset:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), ()))
+    except OSError:
+        return frozenset()
+
+
+def low_precision_gemm_native() -> bool:
+    """Whether bf16 matrix products run on matrix hardware here: any GPU; on CPU AVX512-BF16 or AMX. Elsewhere
+    PyTorch emulates them (measured on an AVX2 CPU: bf16 mm ~1 GFLOP/s, F.linear ~20, fp32 ~150). Unknown CPUs
+    (no /proc/cpuinfo) count as native."""
+    flags = _cpu_flags()
+    return ON_GPU or not flags or bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+_LOW = (torch.bfloat16, torch.float16)
+
+
+def in_fp32(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with its bf16/fp16 tensor arguments upcast to fp32 and the result cast back, where
+    low-precision GEMMs are emulated (low_precision_gemm_native); otherwise just fn(*args, **kwargs). The inputs
+    are exact in fp32 and a bf16 GEMM accumulates in fp32 and rounds its output to bf16 anyway, so this is what a
+    bf16 matrix unit computes, at the fp32 GEMM's speed. What autograd saves of the upcast arguments is kept as
+    the original tensors (no fp32 copies held until the backward); the backward multiplies in fp32 too."""
+    upcast = []
+
+    def up(x):
+        if isinstance(x, torch.Tensor) and x.dtype in _LOW and not low_precision_gemm_native():
+            upcast.append((x.float(), x))
+            return upcast[-1][0]
+        return x
+    args, kwargs = [up(a) for a in args], {k: up(v) for k, v in kwargs.items()}
+    if not upcast:
+        return fn(*args, **kwargs)
+
+    def pack(t):
+        for wide, low in upcast:
+            if t is wide:
+                return low
+            if t._base is wide and wide.stride() == low.stride():  # e.g. weight.t() saved by linear
+                return low.as_strided(t.size(), t.stride(),
+                                      low.storage_offset() + t.storage_offset() - wide.storage_offset())
+        return t
+
+    def unpack(t):
+        return t.float() if t.dtype in _LOW else t
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        out = fn(*args, **kwargs)
+    return out.to(upcast[0][1].dtype)
+
+
+def _linear_in_fp32(forward_impl):
+    """megatron-core's parallel linears call torch.matmul (the slowest emulated bf16 path) inside an autograd
+    Function: run the whole Function, collectives included, on fp32 views of its inputs."""
+    def wrapped(self, *args, **kwargs):
+        return in_fp32(forward_impl, self, *args, **kwargs)
+    return wrapped
 
 
 def parallel_linear_kwargs() -> dict:

@@ -8,7 +8,7 @@ scaled_dot_product_attention (memory-efficient kernel, which takes a bias with a
 grad-requiring bias or dropout falls back to its math path, and autograd over whole [b, h, s, s] tensors is
 memory-bound (each intermediate a fresh 50 MB block at base, page faults included), so the fp32 CPU path is
 written out by hand (_CpuAttention): forward and backward per chunk of heads, on a pool of single-threaded
-workers. bf16 on CPU keeps SDPA.
+workers; bf16 takes it too (in fp32) where the CPU has no bf16 matrix units, else SDPA.
 """
 import math
 import os
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 
+from megatron_vega import runtime
 from megatron_vega.config import ModelConfig
 
 
@@ -272,12 +273,12 @@ def disentangled_attention(q, k, v, pos_key, pos_query, rel_index, mask_bias, dr
     tokens' (P-tuning v2); they have no position, so their relative-position bias is zero. ``qkv``: the
     [3, b, h, s, d] tensor q, k, v are views of, if any (the CPU path then returns its gradient in one piece)."""
     scaled = lambda t: None if t is None else t * scale  # noqa: E731  (the small [h, 2k, d] tables, not Q)
-    if q.device.type == "cpu" and q.dtype == torch.float32:  # bf16 keeps SDPA: its math path scores in fp32
+    if q.device.type == "cpu" and (q.dtype == torch.float32 or not runtime.low_precision_gemm_native()):
         qkv = torch.stack([q, k, v]) if qkv is None else qkv
         mask_bias = None if mask_bias is None else mask_bias.to(q.dtype)
         args = (qkv, *(prefix or (None, None)), scaled(pos_key), scaled(pos_query))
         save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in args)
-        return _CpuAttention.apply(*args, rel_index, mask_bias, dropout_p, scale, save)
+        return runtime.in_fp32(_CpuAttention.apply, *args, rel_index, mask_bias, dropout_p, scale, save)
     bias = relative_bias(q, k, scaled(pos_key), scaled(pos_query), rel_index)
     if prefix is not None:
         k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
@@ -324,15 +325,16 @@ class DisentangledSelfAttention(torch.nn.Module):
         if self.share_att_key:  # only the Q and K rows of the fused weight (the V third would be unused)
             weight = self.linear_qkv.weight.view(self.heads, 3, self.head_dim, -1)[:, :2]
             bias = self.linear_qkv.bias.view(self.heads, 3, self.head_dim)[:, :2]
-            qk = F.linear(rel, weight.reshape(-1, weight.shape[-1]), bias.reshape(-1)).view(rows, self.heads, 2,
-                                                                                          self.head_dim)
+            qk = runtime.in_fp32(F.linear, rel, weight.reshape(-1, weight.shape[-1]), bias.reshape(-1))
+            qk = qk.view(rows, self.heads, 2, self.head_dim)
             pos_query, pos_key = qk[:, :, 0], qk[:, :, 1]
         else:
             pos_key = pos_query = None
             if self.c2p:
-                pos_key = F.linear(rel, self.linear_pos_key.weight, self.linear_pos_key.bias)
+                pos_key = runtime.in_fp32(F.linear, rel, self.linear_pos_key.weight, self.linear_pos_key.bias)
             if self.p2c:
-                pos_query = F.linear(rel, self.linear_pos_query.weight, self.linear_pos_query.bias)
+                pos_query = runtime.in_fp32(F.linear, rel, self.linear_pos_query.weight,
+                                            self.linear_pos_query.bias)
             pos_key, pos_query = [None if t is None else t.view(rows, self.heads, self.head_dim)
                                   for t in (pos_key, pos_query)]
         as_heads = lambda t: None if t is None else t.permute(1, 0, 2)  # noqa: E731

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core import tensor_parallel
 
+from megatron_vega import runtime
 from megatron_vega.config import ModelConfig
 from megatron_vega.model.attention import DisentangledSelfAttention
 from megatron_vega.ops.kernels import layer_norm
@@ -68,7 +69,9 @@ class ConvLayer(torch.nn.Module):
         if self.sequence_parallel:
             full = tensor_parallel.gather_from_sequence_parallel_region(
                 embedding_out, tensor_parallel_output_grad=False)
-        out = self.conv(full.permute(1, 2, 0)).permute(2, 0, 1)  # [s, b, H]
+        conv = self.conv
+        out = runtime.in_fp32(F.conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, padding=conv.padding)
+        out = out.permute(2, 0, 1)  # [s, b, H]
         if self.sequence_parallel:
             out = tensor_parallel.scatter_to_sequence_parallel_region(out)
         out = out * input_mask  # padding positions of the conv output are zeroed before the activation

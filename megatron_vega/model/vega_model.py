@@ -14,6 +14,7 @@ from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 
+from megatron_vega import runtime
 from megatron_vega.config import ModelConfig
 from megatron_vega.model.layer import ConvLayer, VegaLayer, hidden_dropout
 from megatron_vega.model.relative_position import relative_index
@@ -45,8 +46,8 @@ class MLMHead(torch.nn.Module):
 
     def forward(self, hidden, output_weight):
         """hidden: [n, H] (replicated on TP ranks) -> fp32 logits over this rank's vocabulary shard [n, V/tp]."""
-        h = self.layernorm(F.gelu(self.dense(hidden)))
-        logits = F.linear(copy_to_tensor_model_parallel_region(h), output_weight) + self.bias
+        h = self.layernorm(F.gelu(runtime.in_fp32(F.linear, hidden, self.dense.weight, self.dense.bias)))
+        logits = runtime.in_fp32(F.linear, copy_to_tensor_model_parallel_region(h), output_weight) + self.bias
         return logits.float() + self.vocab_pad
 
 
