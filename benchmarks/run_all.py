@@ -70,7 +70,7 @@ def jobs(a, presets, dtypes, slow_bf16):
     out = []
     small = a.bf16_small_args.split()
     for preset in presets:
-        reps = "1" if a.quick or preset != "base" else "3"
+        reps = "1" if a.quick else ("3" if preset == "base" else "2")
         for dt in dtypes:
             reduced = dt == "bf16" and slow_bf16
             args = ["--preset", preset, "--dtype", dt, "--repeats", reps, *(small if reduced else [])]
