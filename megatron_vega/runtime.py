@@ -233,7 +233,8 @@ _GPU_PEAK_BF16 = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "B200": 2250.0, "
 
 def gemm_peak_tflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float | None:
     """Peak matrix-multiply throughput of one rank: the datasheet figure on a known GPU, measured on CPU
-    (best of a few size^3 products in this dtype, split over this process's threads)."""
+    (best of a few size^3 products in this dtype the way the model computes them, see in_fp32, split over this
+    process's threads)."""
     import time
     if ON_GPU:
         name = torch.cuda.get_device_name()
@@ -243,6 +244,6 @@ def gemm_peak_tflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> 
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.mm(a, b)
+        in_fp32(torch.mm, a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best / 1e12
