@@ -151,17 +151,22 @@ def in_fp32(fn, *args, **kwargs):
     if not upcast:
         return fn(*args, **kwargs)
 
-    def pack(t):
+    def pack(t):  # (tensor to keep, version of the original it came from, to refuse in-place changes as autograd)
         for wide, low in upcast:
             if t is wide:
-                return low
+                return low, low._version
             if t._base is wide and wide.stride() == low.stride():  # e.g. weight.t() saved by linear
-                return low.as_strided(t.size(), t.stride(),
-                                      low.storage_offset() + t.storage_offset() - wide.storage_offset())
-        return t
+                return low.as_strided(t.size(), t.stride(), low.storage_offset() + t.storage_offset()
+                                      - wide.storage_offset()), low._version
+        return t, None
 
-    def unpack(t):
-        return t.float() if t.dtype in _LOW else t
+    def unpack(saved):
+        t, version = saved
+        if version is None:
+            return t
+        if t._version != version:
+            raise RuntimeError("a bf16 tensor saved for the backward by runtime.in_fp32 was modified in place")
+        return t.float()
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         out = fn(*args, **kwargs)
     return out.to(upcast[0][1].dtype)

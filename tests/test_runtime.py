@@ -85,3 +85,13 @@ def test_bf16_model_in_fp32_matches_the_emulated_bf16_model(monkeypatch):
     for name, g in grads_native.items():
         torch.testing.assert_close(grads_fp32[name], g, rtol=0.1, atol=0.05 * g.abs().max().item() + 1e-3,
                                    msg=name)
+
+
+def test_in_place_change_of_a_saved_input_is_refused(emulated):
+    x, w = _leaves((3, 4), (5, 4))
+    h = x * 1  # a non-leaf that can be changed in place
+    out = runtime.in_fp32(F.linear, h, w)
+    with torch.no_grad():
+        h.add_(1)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out.sum().backward()
