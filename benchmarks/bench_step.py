@@ -25,9 +25,12 @@ wasted work, so it is not model FLOPs; its executed FLOPs, with m = 1, are repor
 """
 import argparse
 import contextlib
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 
@@ -57,6 +60,10 @@ def parse_args(argv=None):
     p.add_argument("--ours-bf16", default="weights", choices=["weights", "autocast"])
     p.add_argument("--only", choices=["ours", "hf"], help="time one candidate only")
     p.add_argument("--no-memory", action="store_true", help="skip the per-candidate memory subprocesses")
+    p.add_argument("--isolate", action="store_true",
+                   help="time each round in fresh processes, one per candidate (alternating order; each builds, "
+                        "warms up and times one step): the candidates never share a heap, and two large models "
+                        "need not fit in memory together")
     p.add_argument("--profile", choices=["ours", "hf"], help="profile one step of this candidate and exit")
     p.add_argument("--profile-rows", type=int, default=30)
     p.add_argument("--json", help="write the results here")
@@ -197,6 +204,28 @@ def forwarded_args(argv):
     return out
 
 
+def isolated_rounds(names: list[str], argv: list[str], repeats: int, between) -> tuple[dict, dict]:
+    """--isolate: (timing as common.time_alternating returns it, median optimizer seconds) per candidate."""
+    fwd = [a for a in forwarded_args(argv) if a != "--isolate"]
+    times, cpu, opt = ({n: [] for n in names} for _ in range(3))
+    for r in range(repeats):
+        between()
+        for name in names if r % 2 == 0 else names[::-1]:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "round.json")
+                subprocess.run([sys.executable, os.path.abspath(__file__), *fwd, "--only", name, "--repeats", "1",
+                                "--no-memory", "--json", path], check=True, capture_output=True, cwd=common.REPO)
+                with open(path) as f:
+                    res = json.load(f)["results"][name]
+            times[name].append(res["step_s"]["times"][0])
+            cpu[name].append(res["step_s"]["cpu"]["times"][0])
+            opt[name].append(res["optimizer_s"])
+            print(f"  round {r + 1}/{repeats} {name} (own process): {times[name][-1]:.2f} s wall, "
+                  f"{cpu[name][-1]:.2f} s CPU", flush=True)
+    timing = {n: {**common.summarize(times[n]), "cpu": common.summarize(cpu[n])} for n in names}
+    return timing, {n: statistics.median(opt[n]) for n in names}
+
+
 def profile(step, rows: int) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
@@ -237,8 +266,12 @@ def run(args, argv) -> dict:
         for name in names:
             print(f"  memory probe {name} (fresh subprocess) ...", flush=True)
             memory[name] = common.probe_memory(os.path.abspath(__file__), name, fwd)
-    steps = {name: BUILDERS[name](cfg, args, batch) for name in names}
-    timing = common.time_alternating(steps, args.repeats, args.warmup, between=sampler)
+    if args.isolate:
+        timing, optimizer_s = isolated_rounds(names, argv, args.repeats, sampler)
+    else:
+        steps = {name: BUILDERS[name](cfg, args, batch) for name in names}
+        timing = common.time_alternating(steps, args.repeats, args.warmup, between=sampler)
+        optimizer_s = {name: statistics.median(steps[name].optimizer.seconds) for name in names}
     sampler()
     peak = sampler.summary()
 
@@ -254,12 +287,13 @@ def run(args, argv) -> dict:
                              model_gflops=model_flops * tps / 1e9, mfu=model_flops * tps / (peak["gflops"] * 1e9),
                              executed_gflops_per_token=executed[name] / 1e9,
                              hfu=executed[name] * tps / (peak["gflops"] * 1e9),
-                             optimizer_s=statistics.median(steps[name].optimizer.seconds))
+                             optimizer_s=optimizer_s[name])
     for name in names:
         results[name]["memory"] = memory.get(name)
     out = dict(bench="step", preset=args.preset, dtype=args.dtype, batch=args.batch, seq=args.seq,
                mask_prob=args.mask_prob, num_layers=cfg.num_layers, vocab_size=cfg.vocab_size,
                hf_bf16=args.hf_bf16, ours_bf16=args.ours_bf16, repeats=args.repeats, malloc=args.malloc,
+               isolated=args.isolate,
                model_gflops_per_token=model_flops / 1e9, gemm_peak=peak, machine=record, results=results)
     if len(names) == 2:
         out["speedup_median"] = timing["hf"]["median"] / timing["ours"]["median"]

@@ -74,8 +74,8 @@ def jobs(a, presets, dtypes, slow_bf16):
         for dt in dtypes:
             reduced = dt == "bf16" and slow_bf16
             args = ["--preset", preset, "--dtype", dt, "--repeats", reps, *(small if reduced else [])]
-            if preset != "base" and not reduced:  # two large models + AdamW + activations at batch 4 exceed 24 GiB
-                args += ["--batch", "1"]
+            if preset != "base" and not reduced:  # two large models in one process disturb each other (and do
+                args += ["--batch", "1", "--isolate"]  # not fit at batch 4): each round in its own processes
             out.append(("step", "bench_step.py", args, f"step_{preset}_{dt}.json", reduced))
     if not a.quick and "fp32" in dtypes:
         out.append(("step", "bench_step.py", ["--preset", "base", "--dtype", "fp32", "--repeats", "2", "--malloc",
