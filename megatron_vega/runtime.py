@@ -140,10 +140,12 @@ def in_fp32(fn, *args, **kwargs):
     are exact in fp32 and a bf16 GEMM accumulates in fp32 and rounds its output to bf16 anyway, so this is what a
     bf16 matrix unit computes, at the fp32 GEMM's speed. What autograd saves of the upcast arguments is kept as
     the original tensors (no fp32 copies held until the backward); the backward multiplies in fp32 too."""
+    if low_precision_gemm_native():
+        return fn(*args, **kwargs)
     upcast = []
 
     def up(x):
-        if isinstance(x, torch.Tensor) and x.dtype in _LOW and not low_precision_gemm_native():
+        if isinstance(x, torch.Tensor) and x.dtype in _LOW:
             upcast.append((x.float(), x))
             return upcast[-1][0]
         return x

@@ -54,6 +54,12 @@ def test_saved_upcasts_are_mapped_back_to_the_low_precision_originals(emulated):
     out.sum().backward()
     assert packed == [torch.float32, torch.float32, (4, 4)]  # unpacked in fp32
     torch.testing.assert_close(w.grad.float(), (x.float().t() @ torch.ones(8, 4)), rtol=1e-2, atol=1e-2)
+    # the saved view b.t() is a view of w itself, not of an fp32 copy: changing w in place is then refused
+    out = runtime.in_fp32(Record.apply, x, w)
+    with torch.no_grad():
+        w.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out.sum().backward()
 
 
 def test_fp32_and_native_inputs_pass_through(monkeypatch):
