@@ -22,6 +22,7 @@ from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel
 
 from megatron_vega import runtime
 from megatron_vega.config import ModelConfig
+from megatron_vega.ops.dropout import draw_keep, draw_seed, dropout, dropout_grid
 
 
 def relative_bias(q, k, pos_key, pos_query, rel_index):
@@ -36,27 +37,6 @@ def relative_bias(q, k, pos_key, pos_query, rel_index):
         p2c = p2c.transpose(-1, -2)
         bias = p2c if bias is None else bias + p2c
     return bias
-
-
-_DROPOUT_BITS = 15
-
-
-def _dropout_grid(p: float) -> tuple[int, float]:
-    """(threshold, 1 / (1 - p')) for p' = threshold / 2^15, the dropout probability on the grid the CPU mask is
-    drawn on (0.1 -> 0.100006): the scale matches p', so the dropout stays unbiased."""
-    threshold = round(p * 2 ** _DROPOUT_BITS)
-    return threshold, (0.0 if threshold >= 2 ** _DROPOUT_BITS else 1.0 / (1.0 - threshold / 2 ** _DROPOUT_BITS))
-
-
-def _draw_keep(keep, threshold: int, seed: int):
-    """keep (uint8) = 1 with probability 1 - threshold / 2^15, from four 15-bit lanes of each 64-bit draw of a
-    generator of its own. bernoulli_ takes one serial mt19937 draw per element (PyTorch uses MKL's vectorised
-    generator on Intel CPUs only): ~12 ns per element here against ~1.5, and with one generator per chunk the
-    workers draw in parallel instead of one thread drawing for all."""
-    n = keep.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=torch.Generator().manual_seed(seed))
-    lanes = bits.view(torch.int16)[:n].view(keep.shape).bitwise_and_(2 ** _DROPOUT_BITS - 1)
-    torch.ge(lanes, threshold, out=keep.view(torch.bool))
 
 
 def _dropout_into(out, probs, keep, inv):
@@ -110,7 +90,7 @@ class _CpuAttention(torch.autograd.Function):
     What it saves (measured at base, b=4, s=512): autograd over whole tensors allocates a fresh 50 MB
     [b, h, s, t] block for every intermediate, and glibc maps each one afresh, so ~40 % of the old path's CPU time
     was page faults; here only the saved probabilities and mask are allocated, per sequence. Chunks run on
-    single-threaded workers (see _run_chunks), each drawing its chunk's dropout mask (_draw_keep).
+    single-threaded workers (see _run_chunks), each drawing its chunk's dropout mask (ops.dropout.draw_keep).
     Takes the fused [3, b, h, s, d] QKV and returns its gradient in one piece (three views would each get a
     zero-filled full-size gradient, summed by autograd). Saved for the backward: the probabilities and a uint8
     keep-mask. c2p is gathered row-wise from [s, 2k] = Q Kr^T; p2c,
@@ -137,9 +117,9 @@ class _CpuAttention(torch.autograd.Function):
         index, index_t = rel_index, rel_index.t().contiguous()
         # uint8, not bool: x * uint8 runs vectorised, x * bool converts the mask element by element first
         keep = [torch.empty(h, s, t, dtype=torch.uint8) for _ in range(b)] if dropout_p > 0 else None
-        threshold, inv = _dropout_grid(dropout_p) if dropout_p > 0 else (0, 1.0)
+        threshold, inv = dropout_grid(dropout_p) if dropout_p > 0 else (0, 1.0)
         # one draw of the current (TP-rank-forked) generator seeds every chunk's own: deterministic, per rank
-        seed = int(torch.randint(2 ** 62, ())) if dropout_p > 0 else 0
+        seed = draw_seed() if dropout_p > 0 else 0
         if mask_bias is not None:
             mask_bias = mask_bias.expand(b, -1, s, t)
         chunks = _chunks(b, h, hc)
@@ -167,7 +147,7 @@ class _CpuAttention(torch.autograd.Function):
             scores.baddbmm_(qc, kc.transpose(1, 2), alpha=scale)
             torch.ops.aten._softmax.out(scores, -1, False, out=scores)
             if keep is not None:
-                _draw_keep(keep[bi][h0:h1], threshold, seed + i)
+                draw_keep(keep[bi][h0:h1], threshold, seed + i)
             dropped = scores if keep is None else _dropout_into(tmp[:n], scores, keep[bi][h0:h1], inv)
             torch.bmm(dropped, vc, out=out[bi, h0:h1])
 
@@ -341,10 +321,10 @@ class DisentangledSelfAttention(torch.nn.Module):
         return as_heads(pos_key) if self.c2p else None, as_heads(pos_query) if self.p2c else None
 
     def _core(self, qkv, pos_key, pos_query, rel_index, mask_bias, prefix_key, prefix_value):
-        dropout = self.attention_dropout if self.training else 0.0
+        p = self.attention_dropout if self.training else 0.0
         prefix = None if prefix_key is None else (prefix_key, prefix_value)
         with tensor_parallel.get_cuda_rng_tracker().fork():  # heads differ per TP rank, so does their dropout
-            return disentangled_attention(qkv[0], qkv[1], qkv[2], pos_key, pos_query, rel_index, mask_bias, dropout,
+            return disentangled_attention(qkv[0], qkv[1], qkv[2], pos_key, pos_query, rel_index, mask_bias, p,
                                           self.scale, prefix, qkv=qkv)
 
     def forward(self, hidden, rel_embeddings, rel_index, mask_bias, prefix=None):
@@ -354,7 +334,7 @@ class DisentangledSelfAttention(torch.nn.Module):
         s, b = qkv.shape[:2]
         qkv = qkv.view(s, b, self.heads, 3, self.head_dim).permute(3, 1, 2, 0, 4)  # [3, b, h, s, d]
         # pos_dropout: per layer, on the replicated table, so the default RNG (identical on TP ranks)
-        rel = F.dropout(rel_embeddings, self.hidden_dropout, self.training)
+        rel = dropout(rel_embeddings, self.hidden_dropout, self.training)
         pos_key, pos_query = self._position_projections(rel)
         core_args = (qkv, pos_key, pos_query, rel_index, mask_bias, *(prefix or (None, None)))
         if self.recompute_core:  # (the checkpoint function saves tensors, not tuples: the prefix goes as two)

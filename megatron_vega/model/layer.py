@@ -6,6 +6,7 @@ from megatron.core import tensor_parallel
 from megatron_vega import runtime
 from megatron_vega.config import ModelConfig
 from megatron_vega.model.attention import DisentangledSelfAttention
+from megatron_vega.ops.dropout import dropout
 from megatron_vega.ops.kernels import layer_norm
 
 _ACTIVATIONS = {"gelu": F.gelu, "tanh": torch.tanh, "relu": F.relu}
@@ -18,8 +19,8 @@ def hidden_dropout(x: torch.Tensor, p: float, training: bool, sequence_parallel:
         return x
     if sequence_parallel:
         with tensor_parallel.get_cuda_rng_tracker().fork():
-            return F.dropout(x, p, True)
-    return F.dropout(x, p, True)
+            return dropout(x, p)
+    return dropout(x, p)
 
 
 class VegaLayer(torch.nn.Module):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from megatron_vega.model import attention
 from megatron_vega.model.attention import _CpuAttention, disentangled_attention, relative_bias
 from megatron_vega.model.relative_position import relative_index
+from megatron_vega.ops.dropout import dropout_grid
 
 B, H, S, D, SPAN = 2, 3, 12, 4, 4  # S > SPAN / 2: the log-bucketed part of the index is exercised
 
@@ -90,7 +91,7 @@ def test_fp32_dropout_equals_the_reference_with_the_same_mask(chunking):
     out = disentangled_attention(qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask, p, scale, prefix, qkv=qkv)
     keep = torch.stack(out.grad_fn.saved_tensors[7 + B:]).float()  # saved: qkv, prefix k/v, tables, indices, probs
     assert 0 < keep.mean() < 1
-    _, inv = attention._dropout_grid(p)
+    _, inv = dropout_grid(p)
     dropout = lambda probs, *_: probs * keep * inv  # noqa: E731
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(F, "dropout", dropout)
@@ -113,20 +114,6 @@ def test_dropout_mask_is_deterministic_and_independent_of_the_workers(monkeypatc
     torch.manual_seed(12)
     assert not torch.equal(outs[0], disentangled_attention(qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask,
                                                            0.5, 0.3, qkv=qkv))
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_mask_keeps_each_element_with_probability_1_minus_p(p):
-    """Every one of the four 15-bit lanes of a 64-bit draw is uniform; chunks seeded apart are not copies."""
-    threshold, inv = attention._dropout_grid(p)
-    assert abs(threshold / 2 ** 15 - p) <= 2 ** -16 and inv == pytest.approx(1 / (1 - threshold / 2 ** 15))
-    keep = torch.empty(2, 1 << 20, dtype=torch.uint8)
-    attention._draw_keep(keep[0], threshold, seed=5)
-    attention._draw_keep(keep[1], threshold, seed=6)
-    sigma = math.sqrt(p * (1 - p) / (1 << 18))
-    for lane in range(4):
-        assert abs(keep[0, lane::4].float().mean().item() - (1 - p)) < 5 * sigma
-    assert (keep[0] == keep[1]).float().mean().item() == pytest.approx(p * p + (1 - p) ** 2, abs=0.01)
 
 
 def test_no_grad_forward_equals_the_training_forward(chunking):
