@@ -310,7 +310,9 @@ NOTES = """\
   conversion path (~10-20 GFLOP/s). On such CPUs the framework's bf16 model keeps bf16 weights and activations
   but computes every matrix product in fp32 (`runtime.in_fp32`: megatron-core's parallel linears, the attention
   core, the position projections, the nGiE conv, the MLM head), with the upcast inputs saved for the backward as
-  the original bf16 tensors; HF under bf16 autocast stays on the slow kernels, hence the large bf16 ratios. On
+  the original bf16 tensors; the head's product with the vocabulary table goes by blocks of rows, so no fp32 copy
+  of the table or of its gradient exists (`runtime.linear_in_fp32`: 1.86 -> 1.74 GiB peak at the reduced large
+  shape). HF under bf16 autocast stays on the slow kernels, hence the large bf16 ratios. On
   bf16-capable hardware both use the native kernels and the fp32 rows are the comparison to quote.
 - **One process or one per candidate; the batch at large.** Two models in one process disturb each other (heap,
   page faults): in session 3, large fp32 at batch 1 measured 1.42x in one process and 1.25x with `--isolate`,

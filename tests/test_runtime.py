@@ -35,6 +35,22 @@ def test_linear_in_fp32_is_the_fp32_product_rounded_and_keeps_the_saved_inputs_l
     assert gx.dtype == torch.bfloat16 and torch.equal(gx, x.grad) and torch.equal(gw, w.grad)
 
 
+def test_row_block_linear_equals_in_fp32_without_an_fp32_copy_of_the_weight(emulated, monkeypatch):
+    """The MLM head's product with the vocabulary table, by blocks of rows (3 rows per block here)."""
+    monkeypatch.setattr(runtime._RowBlockLinear, "BLOCK_BYTES", 3 * 4 * 32)
+    x, w = _leaves((2, 5, 32), (11, 32))
+    out = runtime.linear_in_fp32(x, w)
+    grad = torch.randn(2, 5, 11).to(torch.bfloat16)
+    out.backward(grad)
+    gx, gw = x.grad, w.grad
+    x.grad = w.grad = None
+    ref = runtime.in_fp32(F.linear, x, w)
+    ref.backward(grad)
+    assert out.dtype == gx.dtype == gw.dtype == torch.bfloat16
+    for a, b in ((out, ref), (gx, x.grad), (gw, w.grad)):
+        torch.testing.assert_close(a, b)  # (exact here; blocked sums may differ by a bf16 rounding elsewhere)
+
+
 def test_saved_upcasts_are_mapped_back_to_the_low_precision_originals(emulated):
     x, w = _leaves((8, 4), (4, 4))
     packed = []

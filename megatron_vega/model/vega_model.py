@@ -47,7 +47,7 @@ class MLMHead(torch.nn.Module):
     def forward(self, hidden, output_weight):
         """hidden: [n, H] (replicated on TP ranks) -> fp32 logits over this rank's vocabulary shard [n, V/tp]."""
         h = self.layernorm(F.gelu(runtime.in_fp32(F.linear, hidden, self.dense.weight, self.dense.bias)))
-        logits = runtime.in_fp32(F.linear, copy_to_tensor_model_parallel_region(h), output_weight) + self.bias
+        logits = runtime.linear_in_fp32(copy_to_tensor_model_parallel_region(h), output_weight) + self.bias
         return logits.float() + self.vocab_pad
 
 
