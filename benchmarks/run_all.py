@@ -74,16 +74,16 @@ def jobs(a, presets, dtypes, slow_bf16):
         for dt in dtypes:
             reduced = dt == "bf16" and slow_bf16
             args = ["--preset", preset, "--dtype", dt, "--repeats", reps, *(small if reduced else [])]
-            if preset != "base" and not reduced:  # two large models in one process disturb each other (and do
-                # not fit at batch 4): each round in its own processes, at batch 2 and at batch 1 (where HF's
-                # [b, h, s, s] score tensors stay under glibc's 32 MiB mmap threshold, see NOTES)
-                out.append(("step", "bench_step.py", args + ["--batch", "1", "--isolate"],
-                            f"step_{preset}_{dt}_b1.json", reduced))
-                args += ["--batch", "2", "--isolate"]
+            if not reduced:  # two models in one process disturb each other: each round in its own processes
+                args.append("--isolate")
+            if preset != "base" and not reduced:  # at batch 4 two large models do not fit together; at batch 2
+                # and at batch 1 (where HF's [b, h, s, s] score tensors stay under glibc's mmap threshold, see NOTES)
+                out.append(("step", "bench_step.py", args + ["--batch", "1"], f"step_{preset}_{dt}_b1.json", reduced))
+                args += ["--batch", "2"]
             out.append(("step", "bench_step.py", args, f"step_{preset}_{dt}.json", reduced))
     if not a.quick and "fp32" in dtypes:
         out.append(("step", "bench_step.py", ["--preset", "base", "--dtype", "fp32", "--repeats", "2", "--malloc",
-                                             "tuned"], "step_base_fp32_malloc.json", False))
+                                             "tuned", "--isolate"], "step_base_fp32_malloc.json", False))
     for dt in dtypes:
         reduced = dt == "bf16" and slow_bf16
         args = ["--preset", "base", "--dtype", dt, "--repeats", "3" if a.quick else "5"]
@@ -316,13 +316,14 @@ NOTES = """\
   bf16-capable hardware both use the native kernels and the fp32 rows are the comparison to quote.
 - **One process or one per candidate; the batch at large.** Two models in one process disturb each other (heap,
   page faults): in session 3, large fp32 at batch 1 measured 1.42x in one process and 1.25x with `--isolate`,
-  base fp32 2.23x in one process and 1.88x isolated (a separate run). Large therefore runs isolated, at batch 2
-  (two large models with AdamW and activations do not fit in 24 GiB together; HF alone at batch 2 peaks at ~14
-  GiB) and at batch 1. At batch 1 HF's [1, 16, 512, 512] fp32 score tensors (16 MiB) stay under glibc's 32 MiB
-  mmap threshold, so HF runs without the page-fault cost above; from batch 2 on (as base at batch 4) they are fresh
-  mmaps. Both rows are what the two frameworks do on glibc's default allocator. Batch 1 is where ours' lead is
-  smallest: the step is then mostly the GEMMs of the layers both share (ours ~60 % MFU), and the fixed costs per
-  step (the optimizer over 435M parameters, the dense [V, H] embedding gradient) weigh more.
+  base fp32 2.23x in one process and 1.88x isolated (a separate run). Every full-shape row is therefore timed
+  with `--isolate`. Large runs at batch 2 (two large models with AdamW and activations do not fit in 24 GiB
+  together at batch 4; HF alone at batch 2 peaks at ~14 GiB) and at batch 1. At batch 1 HF's [1, 16, 512, 512]
+  fp32 score tensors (16 MiB) stay under glibc's 32 MiB mmap threshold, so HF runs without the page-fault cost
+  above; from batch 2 on (as base at batch 4) they are fresh mmaps. Both rows are what the two frameworks do on
+  glibc's default allocator. Batch 1 is where ours' lead is smallest: the step is then mostly the GEMMs of the
+  layers both share (ours ~60 % MFU), and the fixed costs per step (the optimizer over 435M parameters, the
+  dense [V, H] embedding gradient) weigh more.
 - **Optimizer.** megatron-core without TE/apex builds torch's AdamW with its default implementation: on CPU the
   per-tensor loop (foreach=True is slower still here). The framework switches it to torch's fused kernel
   (`training/optimizer.py`), ~2.7x faster than the loop; HF keeps torch's default, as its Trainer does
