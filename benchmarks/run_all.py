@@ -76,10 +76,11 @@ def jobs(a, presets, dtypes, slow_bf16):
             args = ["--preset", preset, "--dtype", dt, "--repeats", reps, *(small if reduced else [])]
             if not reduced:  # two models in one process disturb each other: each round in its own processes
                 args.append("--isolate")
-            if preset != "base" and not reduced:  # at batch 4 two large models do not fit together; at batch 2
-                # and at batch 1 (where HF's [b, h, s, s] score tensors stay under glibc's mmap threshold, see NOTES)
-                out.append(("step", "bench_step.py", args + ["--batch", "1"], f"step_{preset}_{dt}_b1.json", reduced))
-                args += ["--batch", "2"]
+                if preset != "base":  # at batch 4 two large models do not fit together; at batch 2 and at batch 1
+                    # (where HF's [b, h, s, s] score tensors stay under glibc's mmap threshold, see NOTES)
+                    out.append(("step", "bench_step.py", args + ["--batch", "1"], f"step_{preset}_{dt}_b1.json",
+                                reduced))
+                    args += ["--batch", "2"]
             out.append(("step", "bench_step.py", args, f"step_{preset}_{dt}.json", reduced))
     if not a.quick and "fp32" in dtypes:
         out.append(("step", "bench_step.py", ["--preset", "base", "--dtype", "fp32", "--repeats", "2", "--malloc",
