@@ -1,11 +1,15 @@
 """Checkpoint conversions.
 
   to-hf    --load CKPT --out DIR [--iteration N] [--tokenizer-model spm.model] [--verify]
-  from-hf  --hf-dir DIR --save CKPT --tensor-model-parallel-size T --pipeline-model-parallel-size P
+  from-hf  --hf-dir DIR --save CKPT [--task TASK] [--seed S] --tensor-model-parallel-size T
+           --pipeline-model-parallel-size P
   reshard  --load CKPT --save OUT --tensor-model-parallel-size T --pipeline-model-parallel-size P
 
-to-hf writes config.json, model.safetensors and the tokenizer so that transformers' DebertaV2ForMaskedLM and
-DebertaV2Tokenizer load the directory with no missing or unexpected keys.
+to-hf writes config.json, model.safetensors and the tokenizer so that transformers loads the directory with no
+missing or unexpected keys: DebertaV2ForMaskedLM for a pretraining checkpoint; for a fine-tuning checkpoint
+(finetune_superglue.py --save) DebertaV2ForSequenceClassification (BoolQ, CB, RTE, MultiRC) or
+DebertaV2ForMultipleChoice (COPA) with the task's labels, or DebertaV2Model plus head.safetensors and a README
+(WiC, WSC, ReCoRD). from-hf reads what transformers writes (either MLM-head naming, DebertaV2Model, task classes).
 """
 import argparse
 import sys
@@ -24,8 +28,10 @@ def parser() -> argparse.ArgumentParser:
     to_hf.add_argument("--load", required=True)
     to_hf.add_argument("--out", required=True)
     to_hf.add_argument("--iteration", type=int, default=None, help="default: the latest")
-    to_hf.add_argument("--tokenizer-model", default=None, help="sentencepiece model to ship with the weights")
-    to_hf.add_argument("--verify", action="store_true", help="compare MLM logits with transformers' model")
+    to_hf.add_argument("--tokenizer-model", default=None,
+                       help="sentencepiece model to ship with the weights (default: the one the checkpoint records)")
+    to_hf.add_argument("--verify", action="store_true",
+                       help="run both models on the same inputs and print the largest logit difference")
     for name, help_text in [("from-hf", "Hugging Face DebertaV2 -> dist checkpoint"),
                             ("reshard", "dist checkpoint -> dist checkpoint written by another TP x PP layout")]:
         s = sub.add_parser(name, allow_abbrev=False, help=help_text)
@@ -33,6 +39,12 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--save", required=True)
         s.add_argument("--tensor-model-parallel-size", type=int, default=1)
         s.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+        if name == "from-hf":
+            s.add_argument("--task", default=None,
+                           help="SuperGLUE task of the directory's head: import it into a fine-tuning checkpoint "
+                                "(default: the task to-hf recorded in config.json, if any)")
+            s.add_argument("--seed", type=int, default=1234,
+                           help="seed of the MLM head initialised for an encoder that comes without one")
     return p
 
 
@@ -41,14 +53,13 @@ def main(argv=None) -> None:
     from megatron_vega.convert import checkpoints
     with exit_on_input_error():
         if args.command == "to-hf":
-            checkpoints.to_hf_dir(args.load, args.out, args.iteration, args.tokenizer_model)
-            print(f"wrote {args.out}")
+            print(checkpoints.to_hf_dir(args.load, args.out, args.iteration, args.tokenizer_model))
             if args.verify:
-                diff = checkpoints.verify_hf_dir(args.load, args.out, args.iteration)
-                print(f"verify: largest |MLM logit difference| vs transformers = {diff:.3e}")
+                print(checkpoints.verify_hf_dir(args.load, args.out, args.iteration))
         elif args.command == "from-hf":
-            checkpoints.from_hf_dir(args.hf_dir, args.save, args.tensor_model_parallel_size,
-                                    args.pipeline_model_parallel_size)
+            for note in checkpoints.from_hf_dir(args.hf_dir, args.save, args.tensor_model_parallel_size,
+                                                args.pipeline_model_parallel_size, args.task, args.seed):
+                print(note)
             print(f"wrote {args.save}")
         else:
             checkpoints.reshard(args.load, args.save, args.tensor_model_parallel_size,

@@ -1,5 +1,10 @@
 """Checkpoint conversions: to and from Hugging Face DebertaV2, and resharding to another TP/PP layout.
 
+A pretraining checkpoint maps to ``DebertaV2ForMaskedLM``; a fine-tuning one (its ``extra`` names the task) to the
+task's transformers class (``finetuned.py``). Imports accept what transformers writes: either MLM-head naming, an
+encoder without an MLM head (a fresh seeded one is added, and said), and task classes (into a fine-tuning
+checkpoint with ``--task`` or the task recorded in config.json, else the encoder alone, said too).
+
 Each conversion runs in as many processes as the layout it reads or writes needs (spawned here with the machine's
 backend unless launched by torchrun), loads through dist_checkpointing, and publishes its output atomically: it is
 written under a temporary name and renamed at the end; an existing target is never overwritten.
@@ -14,12 +19,19 @@ from pathlib import Path
 import torch
 
 from megatron_vega.config import ModelConfig, ParallelConfig
-from megatron_vega.convert.hf_mapping import (from_hf, hf_config_dict, model_config_from_hf, to_hf,
-                                              unsupported_hf_features)
+from megatron_vega.convert import finetuned
+from megatron_vega.convert.hf_mapping import (
+    MLM_HEAD_KEYS,
+    canonical_hf_names,
+    fresh_mlm_head,
+    from_hf,
+    hf_config_dict,
+    model_config_from_hf,
+    split_task_head,
+    to_hf,
+    unsupported_hf_features,
+)
 from megatron_vega.errors import VegaInputError
-
-HF_SPECIAL_TOKENS = {"bos_token": "[CLS]", "eos_token": "[SEP]", "unk_token": "[UNK]", "sep_token": "[SEP]",
-                     "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
 
 
 def refuse_existing(path: str) -> None:
@@ -63,20 +75,43 @@ def _build(cfg: ModelConfig, tp: int = 1, pp: int = 1):
 
 
 # -- to Hugging Face -----------------------------------------------------------------------------------------------
-def write_hf_dir(out: str, cfg: ModelConfig, hf_state: dict, tokenizer_model: str | None) -> None:
-    """config.json + model.safetensors (+ tokenizer files), published atomically."""
+def hf_tokenizer_files(tokenizer_model: str, max_length: int) -> dict[str, str]:
+    """tokenizer_config.json and special_tokens_map.json naming the pieces this framework uses as [CLS], [SEP],
+    [MASK], [PAD], [UNK] (a foreign model's <s>, </s>, ...), and the ids it appends for missing ones, so that
+    ``DebertaV2Tokenizer.from_pretrained`` gives the same ids as ``VegaTokenizer``."""
+    from megatron_vega.data.tokenizer import VegaTokenizer
+    tok = VegaTokenizer(tokenizer_model)
+    pieces = tok.vocab_size - len(tok.appended)
+    specials = {name: tok.id_to_piece(i) for name, i in (
+        ("bos_token", tok.cls_id), ("eos_token", tok.sep_id), ("unk_token", tok.unk_id), ("sep_token", tok.sep_id),
+        ("pad_token", tok.pad_id), ("cls_token", tok.cls_id), ("mask_token", tok.mask_id))}
+    added = {str(pieces + i): {"content": name, "lstrip": False, "normalized": False, "rstrip": False,
+                               "single_word": False, "special": True} for i, name in enumerate(tok.appended)}
+    config = {"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": False, "split_by_punct": False,
+              "model_max_length": max_length, **specials, **({"added_tokens_decoder": added} if added else {})}
+    return {"tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+            "special_tokens_map.json": json.dumps(specials, indent=2) + "\n"}
+
+
+def write_hf_dir(out: str, config: dict, hf_state: dict, tokenizer_model: str | None, files: dict | None = None
+                 ) -> None:
+    """config.json + model.safetensors (+ tokenizer files, + ``files``: name -> text, or (tensors, metadata) for a
+    safetensors file), published atomically."""
     from safetensors.torch import save_file
     tmp = Path(out + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(hf_state, tmp / "model.safetensors", metadata={"format": "pt"})
     if tokenizer_model:
         shutil.copyfile(tokenizer_model, tmp / "spm.model")
-        (tmp / "tokenizer_config.json").write_text(json.dumps(
-            {"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": False, "split_by_punct": False,
-             "model_max_length": cfg.max_position_embeddings, **HF_SPECIAL_TOKENS}, indent=2) + "\n")
-        (tmp / "special_tokens_map.json").write_text(json.dumps(HF_SPECIAL_TOKENS, indent=2) + "\n")
+        for name, text in hf_tokenizer_files(tokenizer_model, config["max_position_embeddings"]).items():
+            (tmp / name).write_text(text)
+    for name, content in (files or {}).items():
+        if isinstance(content, str):
+            (tmp / name).write_text(content)
+        else:
+            save_file(content[0], tmp / name, metadata={"format": "pt", **content[1]})
     os.replace(tmp, out)
 
 
@@ -90,23 +125,61 @@ def _to_hf_rank(load: str, out: str, iteration: int | None, tokenizer_model: str
     load_checkpoint(load, chunks, None, None, with_optimizer=False, with_rng=False, iteration=iteration)
     state = to_hf(gather_full_state_dict(chunks), cfg)
     if dist.get_rank() == 0:
-        write_hf_dir(out, cfg, state, tokenizer_model)
+        write_hf_dir(out, hf_config_dict(cfg), state, tokenizer_model)
 
 
-def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model: str | None = None) -> None:
-    """A dist checkpoint of any layout -> an HF DebertaV2ForMaskedLM directory."""
+def checkpoint_kind(load: str, iteration: int | None = None) -> dict | None:
+    """None for a pretraining checkpoint; a fine-tuning one's ``finetune`` metadata (task, labels, ...)."""
+    from megatron_vega.training.checkpointing import latest_iteration, read_extra
+    extra = read_extra(load, iteration)
+    if "model" not in extra.get("config", {}):
+        raise VegaInputError(load, "not a checkpoint this converter knows (no model config in it)")
+    if "finetune" not in extra:
+        return None
+    if iteration is not None and iteration != latest_iteration(load):
+        raise VegaInputError("--iteration", "a fine-tuning checkpoint exports its latest (best-dev) model only")
+    return extra["finetune"]
+
+
+def recorded_tokenizer(load: str, iteration: int | None) -> str | None:
+    from megatron_vega.training.checkpointing import read_extra
+    path = read_extra(load, iteration)["config"].get("data", {}).get("tokenizer_model")
+    return path if path and Path(path).is_file() else None
+
+
+def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model: str | None = None) -> str:
+    """A dist checkpoint of any layout -> an HF directory: DebertaV2ForMaskedLM for a pretraining checkpoint, the
+    task's class for a fine-tuning one. The tokenizer defaults to the one the checkpoint records. Returns a line
+    saying what was written."""
     refuse_existing(out)
     model_config_of(load, iteration)  # fail early, in this process, on an incomplete checkpoint
+    meta = checkpoint_kind(load, iteration)
     if tokenizer_model and not Path(tokenizer_model).is_file():
         raise VegaInputError(tokenizer_model, "tokenizer model not found")
-    run_distributed(1, _to_hf_rank, load, out, iteration, tokenizer_model)
+    tokenizer_model = tokenizer_model or recorded_tokenizer(load, iteration)
+    if meta is None:
+        run_distributed(1, _to_hf_rank, load, out, iteration, tokenizer_model)
+        return f"wrote {out}: DebertaV2ForMaskedLM"
+    task = finetuned.check_finetune_checkpoint(load, meta)
+    run_distributed(1, finetuned.export_rank, load, meta, out, tokenizer_model)
+    arch = finetuned.ARCHITECTURES[task]
+    if task in finetuned.SPAN_TASKS:
+        return (f"wrote {out}: {arch} (the encoder) + {finetuned.HEAD_FILE} (the {task} span head, which "
+                "transformers has no class for; README.md says how to apply it)")
+    return f"wrote {out}: {arch} for {task}, labels {finetuned.label_texts(task)}"
 
 
-def verify_hf_dir(load: str, out: str, iteration: int | None = None) -> float:
-    """Largest |logit difference| between this framework and transformers on a padded random batch (fp32)."""
+def verify_hf_dir(load: str, out: str, iteration: int | None = None) -> str:
+    """A line with the largest difference between this framework and transformers on a padded random batch (fp32):
+    MLM logits, task logits, or (span tasks) encoder states and head logits."""
     diffs = []
-    run_distributed(1, _verify_rank, load, out, iteration, diffs)
-    return diffs[0]
+    meta = checkpoint_kind(load, iteration)
+    if meta is None:
+        run_distributed(1, _verify_rank, load, out, iteration, diffs)
+        return f"verify: largest |MLM logit difference| vs transformers = {diffs[0]:.3e}"
+    run_distributed(1, finetuned.verify_rank, load, meta, out, diffs)
+    return "verify: largest " + ", ".join(f"|{k} difference| = {v:.3e}" for k, v in diffs[0].items()) + \
+        " vs transformers"
 
 
 def _verify_rank(load, out, iteration, diffs):
@@ -129,7 +202,8 @@ def _verify_rank(load, out, iteration, diffs):
 
 
 # -- from Hugging Face and resharding -----------------------------------------------------------------------------
-def read_hf_dir(hf_dir: str) -> tuple[ModelConfig, dict]:
+def read_hf_dir(hf_dir: str) -> tuple[ModelConfig, dict, dict, list[str]]:
+    """(model config, HF config.json, canonically named tensors, notes on what was left out) of an HF directory."""
     path = Path(hf_dir)
     if not (path / "config.json").is_file():
         raise VegaInputError(hf_dir, "no config.json: not a Hugging Face model directory")
@@ -146,9 +220,16 @@ def read_hf_dir(hf_dir: str) -> tuple[ModelConfig, dict]:
         state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
         raise VegaInputError(hf_dir, "no model.safetensors or pytorch_model.bin")
-    cfg = ModelConfig(**model_config_from_hf(hf_cfg))
     try:
-        return cfg, from_hf(state, cfg)
+        state, notes = canonical_hf_names(state)
+    except ValueError as err:
+        raise VegaInputError(hf_dir, str(err)) from None
+    return ModelConfig(**model_config_from_hf(hf_cfg)), hf_cfg, state, notes
+
+
+def _vega_state(hf_dir: str, hf: dict, cfg: ModelConfig) -> dict:
+    try:
+        return from_hf(hf, cfg)
     except KeyError as err:
         raise VegaInputError(hf_dir, str(err).strip("'\"")) from None
 
@@ -173,12 +254,46 @@ def _check_layout(cfg: ModelConfig, tp: int, pp: int) -> None:
     ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate(cfg, tp * pp)
 
 
-def from_hf_dir(hf_dir: str, save: str, tp: int, pp: int) -> None:
-    """An HF DebertaV2 directory -> a weights-only dist checkpoint written by a TP x PP layout."""
+def from_hf_dir(hf_dir: str, save: str, tp: int, pp: int, task: str | None = None, seed: int = 1234) -> list[str]:
+    """An HF DebertaV2 directory -> a weights-only dist checkpoint written by a TP x PP layout: a pretraining one
+    (MLM head kept, or freshly initialised from ``seed``), or a fine-tuning one when the directory holds a task
+    head and the task is known (``task``, or the one to-hf recorded). Returns lines saying what it did."""
     refuse_existing(save)
-    cfg, full = read_hf_dir(hf_dir)
+    cfg, hf_cfg, state, notes = read_hf_dir(hf_dir)
+    encoder_hf, task_head = split_task_head(state)
+    task, task_head = finetuned.task_head_of(hf_dir, hf_cfg, task_head, task)
+    if task and task_head:
+        return notes + _import_finetuned(hf_dir, save, tp, pp, cfg, hf_cfg, task, encoder_hf, task_head)
+    if task:
+        raise VegaInputError("--task", f"{hf_dir} holds no task head (pooler.*, classifier.*) to import as {task}")
+    if task_head:
+        notes.append(f"left out the task head ({', '.join(sorted(task_head))}); give --task to import it into a "
+                     "fine-tuning checkpoint")
+    full = _vega_state(hf_dir, encoder_hf, cfg)
+    present = [k for k in MLM_HEAD_KEYS if k in full]
+    if not present:
+        full.update(fresh_mlm_head(cfg, seed))
+        notes.append(f"{hf_dir} has no MLM head: initialised a fresh one (seed {seed})")
+    elif len(present) < len(MLM_HEAD_KEYS):
+        raise VegaInputError(hf_dir, f"incomplete MLM head: no {sorted(set(MLM_HEAD_KEYS) - set(present))}")
     _check_layout(cfg, tp, pp)
     run_distributed(tp * pp, _save_weights_rank, cfg, full, None, save, tp, pp)
+    return notes
+
+
+def _import_finetuned(hf_dir, save, tp, pp, cfg, hf_cfg, task, encoder_hf, head) -> list[str]:
+    finetuned.check_head(hf_dir, hf_cfg, task, head)
+    if pp != 1:
+        raise VegaInputError("--pipeline-model-parallel-size", "fine-tuning checkpoints have no pipeline stages")
+    encoder_hf = {k: v for k, v in encoder_hf.items() if not k.startswith("lm_predictions.")}
+    _vega_state(hf_dir, encoder_hf, cfg)  # refuse unexpected keys here, before any process starts
+    _check_layout(cfg, tp, 1)
+    cls_dropout = hf_cfg.get("cls_dropout", hf_cfg.get("hidden_dropout_prob", finetuned.DEFAULT_CLS_DROPOUT))
+    extra = finetuned.finetune_extra(cfg, task, finetuned.shipped_tokenizer(hf_dir, save), cls_dropout)
+    run_distributed(tp, finetuned.import_rank, cfg, task, encoder_hf, head, save, extra, tp)
+    finetuned.ship_tokenizer(hf_dir, save)
+    return [(f"{hf_dir}: {task} encoder and head -> fine-tuning checkpoint (finetune_superglue.py --task {task} "
+             f"--load {save})")]
 
 
 def reshard(load: str, save: str, tp: int, pp: int) -> None:

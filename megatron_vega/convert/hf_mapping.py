@@ -2,6 +2,10 @@
 
 Fused QKV rows are laid out [heads, 3, head_dim] so that tensor-parallel column splits keep whole heads; HF keeps
 separate query/key/value projections. Vocabulary padding rows are dropped on export and added on import.
+
+On import, what transformers writes under other names is brought to one naming first (``canonical_hf_names``):
+a bare ``DebertaV2Model`` has no ``deberta.`` prefix, and the default ``legacy: true`` MLM head is called
+``cls.predictions.*`` (the same dense -> GELU -> LayerNorm -> tied decoder + bias as ``lm_predictions.lm_head``).
 """
 import torch
 
@@ -27,6 +31,55 @@ _GLOBAL = {
     "lm_head.layernorm": "lm_predictions.lm_head.LayerNorm",
     "lm_head.bias": "lm_predictions.lm_head.bias",
 }
+
+
+_LEGACY_MLM_HEAD = {  # legacy=true names -> legacy=false names of the same tensors
+    "cls.predictions.transform.dense": "lm_predictions.lm_head.dense",
+    "cls.predictions.transform.LayerNorm": "lm_predictions.lm_head.LayerNorm",
+    "cls.predictions.bias": "lm_predictions.lm_head.bias",
+}
+_TIED_COPIES = {  # written by some transformers versions; must equal the tensor they are tied to
+    "cls.predictions.decoder.weight": "deberta.embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
+MLM_HEAD_KEYS = ("lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layernorm.weight", "lm_head.layernorm.bias",
+                 "lm_head.bias")
+TASK_HEAD_PREFIXES = ("pooler.", "classifier.")  # DebertaV2ForSequenceClassification / ForMultipleChoice
+
+
+def canonical_hf_names(hf: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """One naming for every DebertaV2 checkpoint transformers writes: ``deberta.*`` encoder keys, the MLM head as
+    ``lm_predictions.lm_head.*``, task heads (``pooler.*``, ``classifier.*``) unchanged. Returns the renamed state
+    and a note per group of keys left out (a ``ValueError`` when a tied copy differs from its original)."""
+    out, notes = {}, []
+    for name, t in hf.items():
+        if name.startswith(("embeddings.", "encoder.")):  # DebertaV2Model: the base model without its prefix
+            name = "deberta." + name
+        if name in _TIED_COPIES or name.endswith("embeddings.position_ids"):
+            continue  # checked below / a constant buffer
+        out[_rename(name, _LEGACY_MLM_HEAD) or name] = t
+    for copy, original in _TIED_COPIES.items():
+        if copy in hf and original in hf and not torch.equal(hf[copy], hf[original]):
+            raise ValueError(f"{copy} differs from {original}; this model ties them")
+    dropped = sorted(k for k in out if k.startswith("mask_predictions."))
+    if dropped:  # DeBERTa-v3's replaced-token-detection head: not part of this MLM model
+        notes.append(f"left out {len(dropped)} mask_predictions.* tensors (the replaced-token-detection head)")
+        out = {k: v for k, v in out.items() if k not in dropped}
+    return out, notes
+
+
+def split_task_head(hf: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(encoder and MLM head, task head) of a canonically named state."""
+    head = {k: v for k, v in hf.items() if k.startswith(TASK_HEAD_PREFIXES)}
+    return {k: v for k, v in hf.items() if k not in head}, head
+
+
+def fresh_mlm_head(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """The MLM head ``init_weights`` gives a model built with ``seed``: for encoders imported without one."""
+    from megatron_vega.model.weights import _initial_value
+    h = cfg.hidden_size
+    shapes = {"lm_head.dense.weight": [h, h], "lm_head.bias": [cfg.padded_vocab_size]}
+    return {name: _initial_value(name, shapes.get(name, [h]), cfg.init_method_std, seed) for name in MLM_HEAD_KEYS}
 
 
 def hf_config_dict(cfg: ModelConfig, architecture: str = "DebertaV2ForMaskedLM") -> dict:
@@ -77,7 +130,8 @@ def to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.T
 
 
 def from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """HF DebertaV2(ForMaskedLM) state dict -> full Vega state dict (vocabulary padded with zero rows)."""
+    """Canonically named HF DebertaV2 encoder (+ MLM head) state -> full Vega state dict (vocabulary padded with
+    zero rows). Task-head keys are not accepted here (``split_task_head``)."""
     inverse_layer = {v: k for k, v in _LAYER.items()}
     inverse_global = {v: k for k, v in _GLOBAL.items()}
     heads, d = cfg.num_attention_heads, cfg.kv_channels
@@ -96,8 +150,6 @@ def from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Te
         else:
             ours = _rename(name, inverse_global)
             if ours is None:
-                if name.startswith(("cls.", "lm_predictions.")) or "position_ids" in name:
-                    raise KeyError(f"unsupported Hugging Face head key {name} (export with legacy=false)")
                 raise KeyError(f"unexpected Hugging Face key {name}")
             if ours in ("word_embeddings.weight", "lm_head.bias") and t.shape[0] < cfg.padded_vocab_size:
                 t = torch.cat([t, t.new_zeros(cfg.padded_vocab_size - t.shape[0], *t.shape[1:])])
