@@ -2,8 +2,10 @@
 
 Selection (pure functions): a token is neglected iff its NLL under the unmasked block exceeds τ (criterion "nll", the
 released code's rule, τ = 0.1 nats) or, alternatively, iff the model's argmax is wrong (criterion "argmax"); an
-optional per-block cap (absolute and/or a ratio of the block's real tokens — not in the official code) keeps the
-highest-NLL positions.
+optional per-block cap (absolute and/or a ratio of the block's candidate tokens — not in the official code) keeps the
+highest-NLL positions. Only candidates are ever selected: special tokens ([CLS], [SEP], [UNK], [MASK]) and padding
+are not. The MLM objective never trains a special as a target, so a small model gives them the highest NLL of a
+block; they are not what self-evolution is about, and a cap would otherwise be filled with them first.
 
 Storage: one file per index, a memory-mapped CSR table block id -> sorted int32 positions::
 
@@ -39,27 +41,33 @@ _DATA_START = 4096
 _REQUIRED = {"version", "num_blocks", "num_positions", "num_scored_tokens", "crc32", *RULE_KEYS}
 
 
-def select_neglected(nll, padding_mask, criterion: str = "nll", threshold: float = 0.1, argmax_correct=None,
+def candidates(tokens, is_special) -> np.ndarray:
+    """[B, T] bool: the positions stage 1 may select, i.e. every token that is neither special nor padding.
+    tokens [B, T]: the unmasked blocks; is_special: the vocabulary's bool table (the pad id is special too)."""
+    return ~np.asarray(is_special, dtype=bool)[np.asarray(tokens)]
+
+
+def select_neglected(nll, candidate_mask, criterion: str = "nll", threshold: float = 0.1, argmax_correct=None,
                      max_per_block: int | None = None, max_ratio: float | None = None) -> list[np.ndarray]:
     """Neglected positions of each block of a batch: one sorted int32 array per row of ``nll``.
 
-    nll [B, T]: −log p(x_t | unmasked block); padding_mask [B, T]: nonzero at real tokens (pads never selected).
-    criterion "nll": nll > threshold. "argmax": argmax_correct [B, T] (bool) is False.
-    Caps: at most max_per_block positions, and at most floor(max_ratio · real tokens); the highest-NLL positions are
-    kept (ties: the earlier position).
+    nll [B, T]: −log p(x_t | unmasked block); candidate_mask [B, T]: nonzero where a position may be selected
+    (``candidates``: not special, not padding). criterion "nll": nll > threshold. "argmax": argmax_correct [B, T]
+    (bool) is False. Caps: at most max_per_block positions, and at most floor(max_ratio · candidates of the block);
+    the highest-NLL positions are kept (ties: the earlier position).
     """
     nll = np.asarray(nll, dtype=np.float64)
-    real = np.asarray(padding_mask).astype(bool)
+    allowed = np.asarray(candidate_mask).astype(bool)
     if criterion == "nll":
-        chosen = real & (nll > threshold)
+        chosen = allowed & (nll > threshold)
     elif criterion == "argmax":
         if argmax_correct is None:
             raise ValueError("criterion 'argmax' needs argmax_correct")
-        chosen = real & ~np.asarray(argmax_correct).astype(bool)
+        chosen = allowed & ~np.asarray(argmax_correct).astype(bool)
     else:
         raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
     out = []
-    for row, keep, n_real in zip(nll, chosen, real.sum(axis=1)):
+    for row, keep, n_real in zip(nll, chosen, allowed.sum(axis=1)):
         positions = np.flatnonzero(keep)
         cap = len(positions)
         if max_per_block is not None:
@@ -195,7 +203,7 @@ def write_index(path, blocks: Mapping[int, np.ndarray], scored_tokens: int, *, s
                 criterion: str = "nll", threshold: float | None = 0.1, max_per_block: int | None = None,
                 max_ratio: float | None = None) -> Path:
     """Write block id -> positions (any order; stored sorted, deduplicated) as one index file, atomically.
-    ``scored_tokens``: how many tokens of these blocks were scored (their real tokens), for the stats."""
+    ``scored_tokens``: how many tokens of these blocks were candidates (real, not special), for the stats."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
     rule = dict(seq_length=seq_length, criterion=criterion, threshold=threshold if criterion == "nll" else None,
@@ -234,7 +242,7 @@ class ShardWriter:
         self._next_part = max(parts, default=-1) + 1
 
     def add(self, block_id: int, positions, scored_tokens: int) -> None:
-        """Positions of one block (any order), and how many of its tokens were scored (its real tokens)."""
+        """Positions of one block (any order), and how many of its tokens were candidates (real, not special)."""
         if int(block_id) in self._blocks:
             raise ValueError(f"block {block_id} added twice")
         self._blocks[int(block_id)] = positions

@@ -1,6 +1,6 @@
 """Self-evolution stage 1, self-questioning (method_spec §1.1): run the trained model in eval mode without
 gradients over the UNMASKED training blocks and record, per block id, the positions whose gold token the model
-neglects (NLL > τ by default).
+neglects (NLL > τ by default). Special tokens and padding are never recorded (``neglected_index.candidates``).
 
 The blocks of the train split are cut into shards of consecutive block ids; data-parallel replicas take shards
 round-robin and each writes its shard file atomically, so an interrupted run resumes by skipping finished shards
@@ -20,7 +20,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_vega.cli import option
-from megatron_vega.selfevolution.neglected_index import merge, select_neglected, write_index
+from megatron_vega.selfevolution.neglected_index import candidates, merge, select_neglected, write_index
 from megatron_vega.training.batches import broadcast_batch, host_batch
 
 
@@ -116,18 +116,19 @@ def shard_dir(output: str) -> Path:
     return Path(output + ".shards")
 
 
-def _select(results, mining: MiningConfig) -> tuple[dict[int, np.ndarray], int]:
-    """Mined positions per block of a shard, and how many tokens were scored."""
+def _select(results, mining: MiningConfig, is_special: np.ndarray) -> tuple[dict[int, np.ndarray], int]:
+    """Mined positions per block of a shard, and how many candidate tokens (real, not special) were scored.
+    is_special: the vocabulary's table; specials and padding are never mined."""
     blocks, scored = {}, 0
     for batch, nll, correct in results:
-        mask = batch["padding_mask"].cpu().numpy()
-        chosen = select_neglected(nll_matrix(batch, nll), mask, mining.criterion, mining.threshold,
+        allowed = candidates(batch["labels"].cpu().numpy(), is_special)
+        chosen = select_neglected(nll_matrix(batch, nll), allowed, mining.criterion, mining.threshold,
                                   argmax_correct=nll_matrix(batch, correct) > 0.5,
                                   max_per_block=mining.max_per_block, max_ratio=mining.max_ratio)
-        for block_id, positions, real in zip(batch["block_id"].tolist(), chosen, mask):
+        for block_id, positions, row in zip(batch["block_id"].tolist(), chosen, allowed):
             if block_id not in blocks:  # the last micro-batch repeats a block to fill up
                 blocks[block_id] = positions
-                scored += int(real.sum())
+                scored += int(row.sum())
     return blocks, scored
 
 
@@ -161,7 +162,7 @@ def mine(run, mining: MiningConfig) -> None:
             continue
         results = miner.score(block_ids[shards[k][0]:shards[k][1]])
         if is_writer():
-            blocks, scored = _select(results, mining)
+            blocks, scored = _select(results, mining, train_ds.vocab.is_special)
             write_index(path, blocks, scored, **rule)
         blocks_done += shards[k][1] - shards[k][0]
     elapsed = time.perf_counter() - start
@@ -171,7 +172,7 @@ def mine(run, mining: MiningConfig) -> None:
         stats = index.stats()
         hist = stats["histogram"]
         print(f"stage 1: {stats['blocks']} blocks ({skipped} shards already done), {stats['positions']} neglected of "
-              f"{stats['scored_tokens']} tokens = {stats['neglected_fraction']:.2%}; "
+              f"{stats['scored_tokens']} tokens (specials and padding excluded) = {stats['neglected_fraction']:.2%}; "
               f"{blocks_done * run.data.seq_length * dp / max(elapsed, 1e-9):,.0f} tokens/s", flush=True)
         print("per-block neglected positions (count: blocks): "
               + ", ".join(f"{k}: {int(n)}" for k, n in enumerate(hist) if n), flush=True)

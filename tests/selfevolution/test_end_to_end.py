@@ -1,26 +1,32 @@
-"""Self-evolution end to end on CPU: tiny MLM pretraining -> stage 1 -> stage 2 at TP=2 x PP=2; stage-1 shards
-from DP=2 merge to the same index as one replica; stage 2 masks exactly the mined positions."""
+"""Self-evolution end to end on CPU: tiny MLM pretraining -> stage 1 -> stage 2 at TP=2 x PP=2 on text of the
+embedded corpus; stage-1 shards from DP=2 merge to the same index as one replica; the index holds no special token
+(``self_questioning.py show --json``); stage 2 masks exactly the mined positions."""
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from megatron_vega.data.config import DataConfig
-from tests.data.conftest import write_corpus
+from tests.data.conftest import run_tool, write_corpus
 from tests.distributed import spawn
 from tests.training.helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(embedded_jsonl, spm_model, tmp_path_factory):
+    """30 documents of real text, 40 to 120 pieces each: blocks hold [CLS], [SEP], [UNK] and padding."""
+    from megatron_vega.data.tokenizer import VegaTokenizer
+    tokenizer = VegaTokenizer(spm_model)
+    texts = [json.loads(line)["text"] for line in embedded_jsonl.read_text().splitlines()[:30]]
     rng = np.random.default_rng(0)
-    docs = [rng.integers(5, 1000, size=int(rng.integers(40, 120))) for _ in range(30)]
+    docs = [tokenizer.encode(text)[:int(rng.integers(40, 120))] for text in texts]
     return write_corpus(tmp_path_factory.mktemp("corpus") / "docs", docs)
 
 
-def _run(corpus, **kwargs):
+def _run(corpus, spm=None, **kwargs):
     run = tiny_run(**kwargs)
-    return replace(run, data=DataConfig(data_path=[corpus], seq_length=32, split="90,10,0"))
+    return replace(run, data=DataConfig(data_path=[corpus], tokenizer_model=spm, seq_length=32, split="90,10,0"))
 
 
 def _mine(run, output):
@@ -29,11 +35,11 @@ def _mine(run, output):
     mine(run, MiningConfig(output=output, threshold=6.91, blocks_per_shard=8))
 
 
-def _tp2pp2_chain(rank, world, corpus, root):
+def _tp2pp2_chain(rank, world, corpus, spm, root):
     from megatron_vega.training.pretrain import pretrain
-    pretrain(_run(corpus, tp=2, pp=2, iters=3, save=f"{root}/plm"))
-    _mine(_run(corpus, tp=2, pp=2, load=f"{root}/plm"), f"{root}/tp2pp2.nidx")
-    se = _run(corpus, tp=2, pp=2, iters=3, load=f"{root}/plm", save=f"{root}/se")
+    pretrain(_run(corpus, spm, tp=2, pp=2, iters=3, save=f"{root}/plm"))
+    _mine(_run(corpus, spm, tp=2, pp=2, load=f"{root}/plm"), f"{root}/tp2pp2.nidx")
+    se = _run(corpus, spm, tp=2, pp=2, iters=3, load=f"{root}/plm", save=f"{root}/se")
     se = replace(se, checkpoint=replace(se.checkpoint, finetune=True),
                  objective=replace(se.objective, objective="self-evolution", neglected_tokens=f"{root}/tp2pp2.nidx"))
     history = pretrain(se)
@@ -41,20 +47,37 @@ def _tp2pp2_chain(rank, world, corpus, root):
         assert len(history) == 3 and all(np.isfinite(loss) for _, loss in history), history
 
 
-def _dp2_mining(rank, world, corpus, root):
-    _mine(_run(corpus, load=f"{root}/plm"), f"{root}/dp2.nidx")
+def _dp2_mining(rank, world, corpus, spm, root):
+    _mine(_run(corpus, spm, load=f"{root}/plm"), f"{root}/dp2.nidx")
 
 
 @pytest.mark.slow
-def test_pretrain_mine_evolve_at_tp2_pp2_and_dp2_shards_merge_identically(corpus, tmp_path):
+def test_pretrain_mine_evolve_at_tp2_pp2_and_dp2_shards_merge_identically(corpus, spm_model, tmp_path):
+    from megatron_vega.data.tokenizer import VegaTokenizer
     from megatron_vega.selfevolution.neglected_index import NeglectedIndex
-    spawn(_tp2pp2_chain, 4, corpus, str(tmp_path))
-    spawn(_dp2_mining, 2, corpus, str(tmp_path))
+    spawn(_tp2pp2_chain, 4, corpus, spm_model, str(tmp_path))
+    spawn(_dp2_mining, 2, corpus, spm_model, str(tmp_path))
     a, b = NeglectedIndex(tmp_path / "tp2pp2.nidx"), NeglectedIndex(tmp_path / "dp2.nidx")
     print("stage 1 stats:", {k: v for k, v in a.stats().items() if k != "histogram"})
     assert len(a) == len(b) > 0 and list(a) == list(b)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert (tmp_path / "se" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+
+    # What was mined, as a user looks at it: every block of the index, and not one special piece or pad among the
+    # neglected ones (the MLM objective never trains specials, so they have the highest NLL of a small model).
+    shown = run_tool("self_questioning.py", "show", "--index", tmp_path / "tp2pp2.nidx", "--data-path", corpus,
+                     "--tokenizer-model", spm_model, "--blocks", len(a), "--json")
+    assert shown.returncode == 0, shown.stderr
+    blocks = [json.loads(line) for line in shown.stdout.splitlines()]
+    vocab = VegaTokenizer(spm_model)
+    specials = {vocab.id_to_piece(i) for i in vocab.special_ids}
+    assert [blk["block"] for blk in blocks] == list(a)
+    assert sum(len(blk["neglected"]) for blk in blocks) == a.stats()["positions"] > 0
+    assert all(blk["pieces"][0] == "[CLS]" and "[SEP]" in blk["pieces"] for blk in blocks)
+    for blk in blocks:
+        assert blk["neglected"] == a[blk["block"]].tolist()
+        assert blk["neglected_pieces"] == [blk["pieces"][p] for p in blk["neglected"]]
+        assert not specials & set(blk["neglected_pieces"]), blk
 
 
 def test_stage2_masks_exactly_the_mined_positions(corpus, tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from megatron_vega.data.mlm_dataset import MockMLMDataset
 from megatron_vega.data.tokenizer import SyntheticVocab
 from megatron_vega.errors import VegaInputError
-from megatron_vega.selfevolution import (NeglectedIndex, ShardWriter, merge, select_neglected, shard_paths,
-                                        write_index)
+from megatron_vega.selfevolution import NeglectedIndex, ShardWriter, merge, select_neglected, shard_paths, write_index
+from megatron_vega.selfevolution.neglected_index import candidates
 
 SEQ = 16
 RULE = dict(seq_length=SEQ, criterion="nll", threshold=0.1)
@@ -44,6 +44,19 @@ def test_caps_keep_the_highest_nll_positions():
     assert select_neglected(nll, real, max_ratio=0.3)[0].tolist() == [1, 3]  # floor(0.3 · 7) = 2
     assert select_neglected(nll, real, max_per_block=3, max_ratio=0.15)[0].tolist() == [3]  # the smaller cap
     assert select_neglected(nll, real, max_per_block=10)[0].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_specials_and_padding_are_never_selected_and_the_cap_is_filled_with_real_tokens():
+    vocab = SyntheticVocab(50)  # ids 0-4 special: [PAD] [CLS] [SEP] [UNK] [MASK]
+    tokens = np.array([[vocab.cls_id, 20, 21, vocab.unk_id, 22, vocab.sep_id, vocab.pad_id, vocab.pad_id]])
+    nll = np.array([[9.0, 1.0, 3.0, 8.0, 2.0, 7.0, 9.5, 9.5]])  # the specials have the highest NLL
+    allowed = candidates(tokens, vocab.is_special)
+    assert allowed[0].tolist() == [False, True, True, False, True, False, False, False]
+    assert select_neglected(nll, allowed)[0].tolist() == [1, 2, 4]
+    assert select_neglected(nll, allowed, max_per_block=2)[0].tolist() == [2, 4]
+    assert select_neglected(nll, allowed, max_ratio=0.34)[0].tolist() == [2]  # floor(0.34 · 3 candidates) = 1
+    assert select_neglected(nll, allowed, criterion="argmax", argmax_correct=np.zeros((1, 8), bool))[0].tolist() \
+        == [1, 2, 4]
 
 
 def mined_blocks(num=200, seed=0):
