@@ -73,12 +73,16 @@ torchrun --nproc_per_node 4 --master_port "${MASTER_PORT:-29511}" tools/self_que
   2>&1 | tee "$run_dir/stage1.log"
 
 se_steps=$(( steps / 3 > 5 ? steps / 3 : 5 ))
-log "6/8 self-evolution stage 2: $se_steps steps on the mined positions, smoothed labels (alpha 0.5)"
+se_warmup=$(( se_steps / 10 > 1 ? se_steps / 10 : 1 ))
+# Stage 2 is continued training of a trained model: the SE4PLMs recipe's learning rate (1e-5, a tenth of the steps
+# warming up, then linear decay), far below pretraining's. Its validation uses the same batches and masking as
+# the pretraining run's last one (same seed, batch size and --eval-iters), so the two losses compare directly.
+log "6/8 self-evolution stage 2: $se_steps steps on the mined positions, smoothed labels (alpha 0.5), lr 1e-5"
 torchrun --nproc_per_node 4 --master_port "${MASTER_PORT:-29511}" pretrain_vega.py "${COMMON[@]}" \
   --objective self-evolution --neglected-tokens "$run_dir/neglected.nidx" --se-alpha 0.5 \
   --load "$run_dir/checkpoints" --finetune --micro-batch-size 8 --global-batch-size 32 \
-  --train-iters "$se_steps" --lr 5e-4 --lr-warmup-iters 2 --log-interval 5 --eval-interval "$se_steps" \
-  --eval-iters 2 --save "$run_dir/se-checkpoints" 2>&1 | tee "$run_dir/stage2.log"
+  --train-iters "$se_steps" --lr 1e-5 --lr-warmup-iters "$se_warmup" --lr-decay-style linear --log-interval 5 \
+  --eval-interval "$se_steps" --eval-iters 2 --save "$run_dir/se-checkpoints" 2>&1 | tee "$run_dir/stage2.log"
 
 ft_epochs=3
 if [[ -n "$superglue_dir" ]]; then
@@ -125,7 +129,10 @@ echo
 echo "== summary ($(( $(date +%s) - start )) s): run directory $run_dir"
 echo "   MLM pretraining (TP=2 x PP=2, $steps steps): loss $first -> $last"
 echo "   $(grep -m1 '^stage 1:' "$run_dir/stage1.log")"
-echo "   self-evolution stage 2: $(grep -o '| loss [0-9][0-9.]*' "$run_dir/stage2.log" | tail -1 | awk '{print "NLL " $3}')"
+validation() { grep -o 'validation at iteration [0-9]*: lm loss [0-9.]*' "$1" | tail -1 | awk '{print $NF}'; }
+echo "   self-evolution stage 2 ($se_steps steps): $(grep -o '| loss [0-9][0-9.]*' "$run_dir/stage2.log" | tail -1 \
+  | awk '{print "NLL " $3}') on the mined positions; validation MLM loss $(validation "$run_dir/pretrain.log") before," \
+  "$(validation "$run_dir/stage2.log") after"
 python3 - "$run_dir/finetune.log" "$source" <<'PY'
 import json, sys
 summary = [json.loads(line) for line in open(sys.argv[1]) if line.startswith('{"task"')][-1]

@@ -23,6 +23,9 @@ def test_quickstart_runs_and_loss_falls(tmp_path):
     assert len(losses) >= 3 and losses[-1] < losses[0] - 0.3, losses
     assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "30"
     assert re.search(r"summary", out.stdout)
+    # Self-evolution: the validation MLM loss before and after stage 2, on the same batches.
+    assert re.search(r"self-evolution stage 2 \(10 steps\): NLL [0-9.]+ on the mined positions; validation MLM loss "
+                     r"[0-9.]+ before, [0-9.]+ after", out.stdout), out.stdout[-2000:]
 
     # Fine-tuning: a leaderboard file with exactly one valid label per test record, and a dev score.
     predictions = read_predictions("RTE", run_dir / "predictions" / "RTE.jsonl")  # raises on any format error
