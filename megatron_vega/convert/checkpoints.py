@@ -178,8 +178,7 @@ def verify_hf_dir(load: str, out: str, iteration: int | None = None) -> str:
         run_distributed(1, _verify_rank, load, out, iteration, diffs)
         return f"verify: largest |MLM logit difference| vs transformers = {diffs[0]:.3e}"
     run_distributed(1, finetuned.verify_rank, load, meta, out, diffs)
-    return "verify: largest " + ", ".join(f"|{k} difference| = {v:.3e}" for k, v in diffs[0].items()) + \
-        " vs transformers"
+    return "verify: " + "; ".join(f"largest |{k} difference| vs transformers = {v:.3e}" for k, v in diffs[0].items())
 
 
 def _verify_rank(load, out, iteration, diffs):

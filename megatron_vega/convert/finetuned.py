@@ -121,16 +121,16 @@ def verify_rank(load: str, meta: dict, out: str, diffs: list) -> None:
     with torch.no_grad():
         ours = model({"tokens": ids, "padding_mask": mask, "spans": spans})
         if task in SEQUENCE_TASKS:
-            diffs.append({"logits": (ours - hf(input_ids=ids, attention_mask=mask).logits).abs().max().item()})
+            diffs.append({"logit": (ours - hf(input_ids=ids, attention_mask=mask).logits).abs().max().item()})
         elif task in CHOICE_TASKS:
             theirs = hf(input_ids=ids.view(-1, 2, ids.shape[1]), attention_mask=mask.view(-1, 2, ids.shape[1]))
-            diffs.append({"logits": (ours - theirs.logits).abs().max().item()})
+            diffs.append({"logit": (ours - theirs.logits).abs().max().item()})
         else:
             states = hf(input_ids=ids, attention_mask=mask).last_hidden_state
             our_states = model.encoder(ids, mask).transpose(0, 1)
             real = mask.bool()
-            diffs.append({"encoder states": (our_states[real] - states[real]).abs().max().item(),
-                          "head logits": (ours - load_span_head(out)(states, spans)).abs().max().item()})
+            diffs.append({"encoder state": (our_states[real] - states[real]).abs().max().item(),
+                          "head logit": (ours - load_span_head(out)(states, spans)).abs().max().item()})
 
 
 # -- from Hugging Face ---------------------------------------------------------------------------------------------

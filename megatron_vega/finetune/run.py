@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from megatron_vega import runtime
 from megatron_vega.config import ModelConfig, ParallelConfig, model_preset
+from megatron_vega.convert.hf_tasks import label_texts
 from megatron_vega.data.tokenizer import VegaTokenizer, check_vocab
 from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune import checkpoint
@@ -181,7 +182,9 @@ class Run:
         if t.save:
             extra = {"config": {"model": asdict(self.model_cfg),
                                 "data": {"tokenizer_model": str(Path(self.tokenizer.path).resolve())}},
-                     "finetune": {"task": t.task, "dev": summary.get("dev")}}
+                     "finetune": {"task": t.task, "dev": summary.get("dev"), "labels": label_texts(t.task),
+                                  "cls_dropout": self.run.optim.cls_dropout, "seq_length": self.run.optim.seq_length,
+                                  "copa_style": t.copa_style}}
             summary["saved"] = str(checkpoint.save(t.save, summary.get("steps", 0), self.model, extra))
         if self.run.prompt.save_prompt:
             meta = {"task": t.task, "dev": summary.get("dev"), "panda": None, **self.prompt_origin}
