@@ -98,23 +98,34 @@ def gather_full_state_dict(chunks: list[VegaModel], grads: bool = False) -> dict
 def sharded_state_dict(chunks: list[VegaModel]) -> dict:
     """dist_checkpointing view of this rank's parameters under their global names, so a checkpoint loads into any
     TP/PP/DP layout. Each stored tensor has exactly one main replica: the tied output weight of the last stage and
-    the relative-embedding copies of later chunks are marked as replicas (loaded, never written)."""
+    the relative-embedding copies of later chunks are marked as replicas (loaded, never written). A rank holding
+    one global name twice (the relative table of each virtual chunk) gets one entry per copy, the later ones under
+    ``<name>@<chunk>`` (the stored key stays the global name): the optimizer finds each of its parameters here."""
     from megatron.core.utils import make_sharded_tensor_for_checkpoint, make_tp_sharded_tensor_for_checkpoint
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     dp_rank = parallel_state.get_data_parallel_rank()
+    # Replica ids of duplicates differ per chunk of a rank: two identical ids on one rank are refused.
+    duplicate_base = 1 + parallel_state.get_pipeline_model_parallel_rank() * len(chunks)
     out = {}
     for chunk_index, model in enumerate(chunks):
         first_chunk = chunk_index == 0 and parallel_state.is_pipeline_first_stage(ignore_virtual=True)
         for name, p in model.named_parameters():
             key = global_name(model, name)
             duplicate = name == "output_weight" or (getattr(p, "pipeline_parallel", False) and not first_chunk)
+            replica_rank = duplicate_base + chunk_index
             if getattr(p, "tensor_model_parallel", False):
-                replica = (1, 0, dp_rank) if duplicate else None
-                out[key] = make_tp_sharded_tensor_for_checkpoint(p, key, tp_axis=p.partition_dim, replica_id=replica)
+                replica = (replica_rank, 0, dp_rank) if duplicate else None
+                sharded = make_tp_sharded_tensor_for_checkpoint(p, key, tp_axis=p.partition_dim, replica_id=replica)
             else:
-                replica = (1, tp_rank, dp_rank) if duplicate else None
-                out[key] = make_sharded_tensor_for_checkpoint(p, key, replica_id=replica)
+                replica = (replica_rank, tp_rank, dp_rank) if duplicate else None
+                sharded = make_sharded_tensor_for_checkpoint(p, key, replica_id=replica)
+            out[key if key not in out else f"{key}@{chunk_index}"] = sharded
     return out
+
+
+def stored_name(entry: str) -> str:
+    """The global name of a ``sharded_state_dict`` entry (``name@chunk`` for a rank's second copy)."""
+    return entry.split("@", 1)[0]
 
 
 def parameters_by_global_name(chunks: list[VegaModel]) -> dict[str, list[torch.nn.Parameter]]:

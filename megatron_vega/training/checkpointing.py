@@ -17,10 +17,15 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_vega.errors import VegaInputError
-from megatron_vega.model.weights import parameters_by_global_name, sharded_state_dict
+from megatron_vega.model.weights import parameters_by_global_name, sharded_state_dict, stored_name
+from megatron_vega.training.checkpoint_args import check_tensor_shapes
+from megatron_vega.training.optimizer import allocate_adam_state, load_optimizer_state
 
 TRACKER = "latest_checkpointed_iteration.txt"
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_sharded_model_space"}  # reshardable
+# The distributed optimizer's state in model space, gathered per DP group on save: loadable at any TP/PP/DP layout
+# and by the plain optimizer. ("fully_sharded_model_space", the 0.16 default, builds flattened-range shards that
+# 0.16's own validation refuses.)
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def iteration_dir(root: str, iteration: int) -> Path:
@@ -76,8 +81,11 @@ def _rng_object():
 
 def _state(chunks, optimizer, scheduler, extra: dict, loading: bool, with_optimizer: bool, with_rng: bool) -> dict:
     model_sd = sharded_state_dict(chunks)
-    state = {"model": model_sd, "extra": {**extra, "has_optimizer": with_optimizer}, "layout": _layout()}
+    state = {"model": model_sd, "extra": {**extra, "has_optimizer": with_optimizer, "has_rng": with_rng},
+             "layout": _layout()}
     if with_optimizer:
+        if loading:
+            allocate_adam_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=loading, metadata=OPTIMIZER_METADATA)
         state["scheduler"] = scheduler.state_dict()
     if with_rng:
@@ -108,10 +116,11 @@ def publish(root: str, iteration: int, state: dict) -> Path:
     return final
 
 
-def save(root: str, iteration: int, chunks, optimizer, scheduler, extra: dict) -> Path:
+def save(root: str, iteration: int, chunks, optimizer, scheduler, extra: dict, with_rng: bool = True) -> Path:
     """Write checkpoint `iteration` and publish it as latest. Collective: every rank calls it.
     Without an optimizer (conversions) the checkpoint holds the weights only."""
-    return publish(root, iteration, _state(chunks, optimizer, scheduler, extra, False, optimizer is not None, True))
+    state = _state(chunks, optimizer, scheduler, extra, False, optimizer is not None, with_rng)
+    return publish(root, iteration, state)
 
 
 def checkpoint_path(root: str, iteration: int | None = None) -> Path:
@@ -140,20 +149,22 @@ def load(root: str, chunks, optimizer, scheduler, with_optimizer: bool = True, w
     common = dist_checkpointing.load_common_state_dict(str(path))
     with_optimizer = with_optimizer and common["extra"].get("has_optimizer", True)
     same_layout = common.get("layout") == _layout()
-    state = _state(chunks, optimizer, scheduler, common.get("extra", {}), True, with_optimizer,
-                   with_rng and same_layout)
+    with_rng = with_rng and same_layout and common["extra"].get("has_rng", True)
+    state = _state(chunks, optimizer, scheduler, common.get("extra", {}), True, with_optimizer, with_rng)
+    check_tensor_shapes(path, state["model"])  # a model that does not match: one line, not a traceback
     loaded = dist_checkpointing.load(state, str(path))
     params = parameters_by_global_name(chunks)
     with torch.no_grad():
         for key, tensor in loaded["model"].items():
-            for p in params[key]:
+            for p in params[stored_name(key)]:
                 p.copy_(tensor)
     if with_optimizer:
-        optimizer.load_state_dict(loaded["optimizer"])
+        load_optimizer_state(optimizer, loaded["optimizer"])
         scheduler.load_state_dict(loaded["scheduler"])
     if "rng_state" in loaded:
         _set_rng_state(loaded["rng_state"])
     extra = dict(loaded["extra"])
     extra["rng_restored"] = "rng_state" in loaded
+    extra["layout_changed"] = not same_layout
     extra["optimizer_restored"] = with_optimizer
     return extra

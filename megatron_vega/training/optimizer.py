@@ -25,3 +25,44 @@ def use_fused_torch_adam(optimizer) -> None:
         if type(opt) in (torch.optim.Adam, torch.optim.AdamW):
             for group in opt.param_groups:
                 group["fused"], group["foreach"] = True, False
+
+
+def allocate_adam_state(optimizer) -> None:
+    """Give every parameter of the torch Adam(W) inside ``optimizer`` a zero state (step, both moments), as a
+    checkpoint load needs: megatron-core's distributed optimizer reads the step from existing state when it
+    builds the state dict to load into (an AssertionError before the first step without TE/apex). The values
+    are overwritten by the load; no parameter changes."""
+    for opt in torch_optimizers(optimizer):
+        if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
+            continue
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if not opt.state[p]:
+                    opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
+                                    "exp_avg_sq": torch.zeros_like(p)}
+
+
+def load_optimizer_state(optimizer, state) -> None:
+    """optimizer.load_state_dict(state) for a state loaded through dist_checkpointing. megatron-core 0.16's
+    distributed optimizer cannot load its own 'fully_reshardable' parameter state into torch's Adam: it copies
+    every entry of the per-parameter state, the 'step' counter included, from a source that has none (KeyError).
+    The counter is set from the parameter groups anyway, so it is held aside while the tensors are copied, and
+    each parameter gets a counter of its own (megatron-core gives them one shared tensor, which torch's fused and
+    foreach kernels then advance once per parameter at every step)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    parts = [state] if len(chained) == 1 else [state[i] for i in range(len(chained))]
+    for opt, part in zip(chained, parts):
+        if not (isinstance(opt, DistributedOptimizer) and part.get("param_state_sharding_type") == "fully_reshardable"):
+            opt.load_state_dict(part)
+            continue
+        part = dict(part)
+        param_state = part.pop("param_state")
+        part.pop("param_state_sharding_type")
+        opt.load_state_dict(part)
+        steps = {p: s.pop("step") for p, s in opt.optimizer.state.items() if "step" in s}
+        try:
+            opt.load_parameter_state_from_fully_reshardable(param_state)
+        finally:
+            for p, step in steps.items():
+                opt.optimizer.state[p]["step"] = step.to(p.device, copy=True)

@@ -16,7 +16,7 @@ from megatron_vega.data.sampler import check_batch_sizes
 from megatron_vega.errors import VegaInputError
 from megatron_vega.model.build import DTYPES, build_model, transformer_config
 from megatron_vega.model.weights import init_weights
-from megatron_vega.training import checkpointing
+from megatron_vega.training import checkpointing, resume
 from megatron_vega.training.batches import microbatches
 from megatron_vega.training.flops import train_flops_per_token
 from megatron_vega.training.log import TrainingLog
@@ -36,8 +36,15 @@ class Trainer:
         called as before_step(trainer, dataset) ahead of each training step (self-evolution's reference pass)."""
         self.run, self.forward_step, self.before_step = run, forward_step, before_step
         model_cfg, par, tr = run.model, run.parallel, run.train
-        if run.checkpoint.save:  # before any process group or model exists: fail fast and cheaply
-            checkpointing.check_save_dir(run.checkpoint.save, run.checkpoint.load, run.checkpoint.overwrite)
+        ck = run.checkpoint
+        if ck.save:  # before any process group or model exists: fail fast and cheaply
+            checkpointing.check_save_dir(ck.save, ck.load, ck.overwrite)
+        self.load_iteration = resume.checkpoint_to_load(ck.load, ck.save, ck.ckpt_step) if ck.load else None
+        if self.load_iteration is not None and not (ck.finetune or ck.no_load_optim):
+            saved = checkpointing.read_extra(ck.load, self.load_iteration)
+            if saved.get("has_optimizer", True):
+                resume.check_optimizer_state(saved.get("config", {}), tr.precision, par.use_distributed_optimizer,
+                                             ck.load)
         _, world = runtime.init_distributed()
         self.dp = par.validate(model_cfg, world)
         self.global_batch = tr.global_batch_size or tr.micro_batch_size * self.dp
@@ -85,17 +92,35 @@ class Trainer:
         ck = self.run.checkpoint
         if not ck.load:
             return
-        if checkpointing.latest_iteration(ck.load) is None:
-            print_last(f"no checkpoint under {ck.load}: starting from scratch")
+        if self.load_iteration is None:
+            print_last(f"no checkpoint under {ck.load} yet (it is also --save): starting from scratch")
             return
         weights_only = ck.finetune or ck.no_load_optim
+        flags_schedule = resume.schedule_of(self.scheduler)
         extra = checkpointing.load(ck.load, self.chunks, self.optimizer, self.scheduler,
-                                   with_optimizer=not weights_only, with_rng=not (ck.no_load_rng or ck.finetune))
+                                   with_optimizer=not weights_only, with_rng=not (ck.no_load_rng or ck.finetune),
+                                   iteration=self.load_iteration)
+        notes = []
+        if extra["optimizer_restored"]:
+            changed = resume.reconcile_schedule(self.scheduler, flags_schedule, ck.override_opt_param_scheduler,
+                                                ck.use_checkpoint_opt_param_scheduler, ck.load)
+            if changed:
+                kept = "flags" if ck.override_opt_param_scheduler else "checkpoint"
+                notes.append(f"schedule from the {kept} ({'; '.join(changed)})")
+        else:
+            # The mixed-precision optimizer's fp32 main parameters were copied from the initial weights when it was
+            # built; without this its first step would write them back over the loaded model.
+            self.optimizer.reload_model_params()
+            notes.append("weights only: new optimizer state" + ("" if ck.finetune else ", schedule and data order"))
         if not ck.finetune and extra["optimizer_restored"]:  # a weights-only checkpoint starts a new run
             self.iteration, self.consumed_samples = extra["iteration"], extra["consumed_samples"]
             self.skipped = extra.get("skipped", 0)
+        if not extra["rng_restored"]:
+            notes.append("RNG states not restored: " + ("layout changed" if extra["layout_changed"] else
+                                                        "not asked" if ck.no_load_rng or ck.finetune else
+                                                        "the checkpoint holds none"))
         print_last(f"loaded {ck.load} at iteration {extra['iteration']}"
-                   + ("" if extra["rng_restored"] else " (RNG states not restored: layout changed or not asked)"))
+                   + (f" ({'; '.join(notes)})" if notes else ""))
 
     def save(self) -> None:
         extra = {"iteration": self.iteration, "consumed_samples": self.consumed_samples, "skipped": self.skipped,
