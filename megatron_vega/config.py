@@ -11,13 +11,17 @@ from megatron_vega.errors import VegaInputError
 
 @dataclass
 class ModelConfig:
-    """A DeBERTa-v2-style encoder (post-LN, disentangled attention). Defaults are the `vega-6b` shape."""
+    """A DeBERTa-v2-style encoder (post-LN, disentangled attention). Defaults are the `vega-6b` shape.
+
+    With ``--load`` of a checkpoint these come from the checkpoint; explicit flags must agree with it, except the
+    run settings in ``LOAD_OVERRIDABLE`` (``training/checkpoint_args.py``)."""
     num_layers: int = option(24, "Number of transformer layers.")
     hidden_size: int = option(4096, "Hidden size.")
     num_attention_heads: int = option(32, "Attention heads.")
     kv_channels: int | None = option(None, "Head dimension (default hidden/heads).")
     ffn_hidden_size: int | None = option(None, "FFN inner size (default 4*hidden).")
-    vocab_size: int = option(128100, "Tokenizer vocabulary size (before padding).")
+    vocab_size: int = option(128100, "Vocabulary size before padding (default: the --tokenizer-model's size, "
+                                     "else the preset's).")
     make_vocab_size_divisible_by: int = option(
         128, "Pad the vocabulary to a multiple of this. Padding does not depend on TP, so checkpoints reshard; "
              "the padded size must divide by the tensor-parallel size.")
@@ -32,9 +36,11 @@ class ModelConfig:
     conv_kernel_size: int = option(3, "nGiE convolution after layer 0 (0: none).")
     conv_act: str = option("gelu", "Activation of the nGiE convolution.", choices=["gelu", "tanh", "relu"])
     layernorm_epsilon: float = option(1e-7, "LayerNorm epsilon.")
-    hidden_dropout: float = option(0.1, "Dropout on hidden states.")
-    attention_dropout: float = option(0.1, "Dropout on attention probabilities.")
-    init_method_std: float = option(0.02, "Std of the normal weight initialisation.")
+    hidden_dropout: float = option(0.1, "Dropout on hidden states (may differ from a loaded checkpoint's).")
+    attention_dropout: float = option(0.1, "Dropout on attention probabilities (may differ from a loaded "
+                                           "checkpoint's).")
+    init_method_std: float = option(0.02, "Std of the normal weight initialisation (may differ from a loaded "
+                                          "checkpoint's).")
     pad_token_id: int = option(0, "Padding token id (HF pad_token_id).")
 
     def __post_init__(self):
@@ -62,6 +68,10 @@ class ModelConfig:
     def max_relative(self) -> int:
         return self.max_relative_positions if self.max_relative_positions > 0 else self.max_position_embeddings
 
+
+# Model fields that are run settings, not the model itself: an explicit flag may replace a loaded checkpoint's value.
+# Every other field changes a tensor's shape or the function the weights compute, so it must agree.
+LOAD_OVERRIDABLE = frozenset({"hidden_dropout", "attention_dropout", "init_method_std"})
 
 PRESETS: dict[str, dict] = {
     # Small enough for multi-process CPU tests; buckets < typical test lengths so log buckets are exercised.
@@ -180,12 +190,21 @@ class TrainConfig:
 @dataclass
 class CheckpointConfig:
     save: str | None = option(None, "Directory to save checkpoints to.")
-    load: str | None = option(None, "Directory to resume from (its latest complete checkpoint).")
+    load: str | None = option(None, "Directory to resume from (its latest complete checkpoint). The model is the "
+                                    "checkpoint's: model flags left out come from it, explicit ones must agree "
+                                    "with it (dropouts and --init-method-std may differ).")
     save_interval: int | None = option(None, "Save every N steps (and always at the end and on SIGTERM).")
     overwrite: bool = option(False, "Allow --save to point at a directory holding another run.")
     no_load_optim: bool = option(False, "Load only the model weights (and not optimizer, scheduler, data position).")
     no_load_rng: bool = option(False, "Do not restore RNG states.")
     finetune: bool = option(False, "Load weights only and start at iteration 0.")
+    ckpt_step: int | None = option(None, "Load this iteration of --load instead of its latest checkpoint.")
+    override_opt_param_scheduler: bool = option(
+        False, "On resume, take the learning-rate/weight-decay schedule from the flags, not from the checkpoint "
+               "(e.g. to extend --train-iters). Without this or --use-checkpoint-opt-param-scheduler a "
+               "difference between the two is an error.")
+    use_checkpoint_opt_param_scheduler: bool = option(
+        False, "On resume, keep the checkpoint's learning-rate/weight-decay schedule whatever the flags say.")
 
 
 @dataclass

@@ -97,7 +97,7 @@ def check_vocab(tokenizer, model_vocab_size: int, path: str) -> None:
     """Raise VegaInputError (naming ``path``) when the tokenizer has ids the model's embedding cannot hold."""
     if tokenizer.vocab_size > model_vocab_size:
         raise VegaInputError(path, f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary holds only "
-                                   f"{model_vocab_size}; use a matching tokenizer or a larger --vocab-size")
+                                   f"{model_vocab_size}; use the tokenizer the model was trained with")
 
 
 def _load_problem(err: Exception) -> str:

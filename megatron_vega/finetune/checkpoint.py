@@ -14,6 +14,7 @@ from megatron.core.utils import make_sharded_tensor_for_checkpoint
 
 from megatron_vega.errors import VegaInputError
 from megatron_vega.model.weights import parameters_by_global_name, sharded_state_dict
+from megatron_vega.training.checkpoint_args import check_tensor_shapes
 from megatron_vega.training.checkpointing import checkpoint_path, publish
 
 
@@ -35,7 +36,9 @@ def _model_state(model, with_head: bool) -> dict:
 
 def load(root: str, model, with_head: bool) -> None:
     """Copy the checkpoint's encoder (and head) tensors into this rank's shards. Collective."""
-    loaded = dist_checkpointing.load({"model": _model_state(model, with_head)}, str(checkpoint_path(root)))["model"]
+    path, state = checkpoint_path(root), _model_state(model, with_head)
+    check_tensor_shapes(path, state)  # a model that does not match: one line, not a traceback
+    loaded = dist_checkpointing.load({"model": state}, str(path))["model"]
     params = {**parameters_by_global_name([model.encoder]),
               **({name: [p] for name, p in model.head.named_parameters()} if with_head else {})}
     with torch.no_grad():
