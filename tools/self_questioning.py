@@ -1,7 +1,7 @@
 """Self-evolution stage 1: mine the neglected tokens of every training block with a trained checkpoint.
 
   torchrun --nproc_per_node N tools/self_questioning.py --load CKPT --data-path PREFIX --tokenizer-model M \\
-      --output PATH [--threshold 0.1] [parallel and model flags as for pretrain_vega.py]
+      --output PATH [--threshold 0.1] [parallel flags as for pretrain_vega.py; the model is the checkpoint's]
 
 Runs the model in eval mode without gradients over the unmasked blocks (the block ids the MLM dataset uses),
 computes each token's NLL from the vocab-parallel logits and writes a memory-mapped index block id -> positions.
