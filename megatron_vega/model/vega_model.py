@@ -4,6 +4,8 @@ Activations are [sequence, batch, hidden] (Megatron's layout, needed for sequenc
 schedules). A chunk owns layers [first, last); the first chunk owns the embeddings and the nGiE conv, the last
 the MLM head. Every chunk owns a copy of the relative-embedding table (all layers use it); its grads are summed
 across pipeline stages by megatron-core (params tagged ``pipeline_parallel``, config ``has_cond_embedder``).
+Copies that exist on more than one chunk (the relative table and its LayerNorm, the last stage's tied output
+weight) are tagged ``shared`` except on the first chunk, so megatron-core's grad norm counts each once.
 """
 from functools import partial
 
@@ -74,15 +76,25 @@ class VegaModel(MegatronModule):
         self.input_tensor = None
         self.recompute = None
 
+        # Parameters whose grads are all-reduced across pipeline stages after the data-parallel reduction need their
+        # own DDP bucket (megatron-core does so for params tagged shared_embedding): the distributed optimizer's
+        # reduce-scatter then leaves each data-parallel rank the same slice of every copy, and the cross-stage sum
+        # adds reduced slices only. In a shared bucket the slices differ by stage and the sum mixes in partial grads.
+        cross_stage = mp_config.pipeline_model_parallel_size > 1
         if pre_process:
             self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
                 cfg.padded_vocab_size, cfg.hidden_size, init_method=init, config=mp_config)
+            self.word_embeddings.weight.shared_embedding = cross_stage and add_mlm_head
             self.embedding_layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon, self.sequence_parallel)
         self.rel_embeddings = torch.nn.Embedding(2 * cfg.attention_span, cfg.hidden_size)
         init(self.rel_embeddings.weight)
         self.rel_layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon) if cfg.norm_rel_ebd else None
         for p in self._rel_params():
             p.pipeline_parallel = True
+            p.shared_embedding = cross_stage
+            # After the cross-stage all-reduce every copy holds the full grad: megatron-core's grad norm (and
+            # clipping) must count it once, so all copies but the first chunk's are marked shared (skipped there).
+            p.shared = not pre_process
         self.layers = torch.nn.ModuleList(VegaLayer(cfg, mp_config, init) for _ in range(self.first_layer, last))
         self.conv = (ConvLayer(cfg, self.sequence_parallel)
                      if cfg.conv_kernel_size > 0 and self.first_layer == 0 and len(self.layers) else None)
@@ -92,6 +104,7 @@ class VegaModel(MegatronModule):
                 self.output_weight = torch.nn.Parameter(torch.zeros(cfg.padded_vocab_size // tp, cfg.hidden_size))
                 tensor_parallel.set_tensor_model_parallel_attributes(self.output_weight, True, 0, 1)
                 self.output_weight.shared_embedding = True
+                self.output_weight.shared = True  # the first stage's word embeddings count in the grad norm
 
     def _rel_params(self):
         yield self.rel_embeddings.weight

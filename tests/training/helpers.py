@@ -2,6 +2,8 @@
 import json
 from dataclasses import replace
 
+import torch.distributed as dist
+
 from megatron_vega.config import CheckpointConfig, LoggingConfig, ParallelConfig, TrainConfig, model_preset
 from megatron_vega.data.config import DataConfig
 from megatron_vega.training.arguments import RunConfig
@@ -43,3 +45,61 @@ def _train_with(run, forward_step):
 
 def with_train(run: RunConfig, **changes) -> RunConfig:
     return replace(run, train=replace(run.train, **changes))
+
+
+def train_and_record_layout(rank, world, run: RunConfig, out_file: str) -> None:
+    """Train `run` on mock data; the last rank writes what must not depend on the layout: per-step losses and
+    grad norms, each parameter's weight-decay multiplier (by global name) and the parameter count."""
+    from megatron_vega.data.mlm_dataset import build_mlm_datasets
+    from megatron_vega.training.pretrain import vocabulary
+    from megatron_vega.training.trainer import Trainer
+    train_ds, _, _ = build_mlm_datasets(run.data, vocabulary(run), run.train.seed)
+    trainer = Trainer(run)
+    grad_norms = {}
+    step = trainer.train_step
+
+    def recording_step(dataset):  # the norm megatron-core's optimizer returns (and clipped with) at each step
+        losses, grad_norm, updated = step(dataset)
+        grad_norms[str(trainer.iteration)] = grad_norm
+        return losses, grad_norm, updated
+
+    trainer.train_step = recording_step
+    history = trainer.train(train_ds)
+    facts = {"weight_decay": _weight_decay_by_name(trainer), "parameters": _count_parameters_once(trainer.chunks)}
+    gathered = [None] * world
+    dist.all_gather_object(gathered, facts)
+    if rank == world - 1:
+        weight_decay: dict[str, list[float]] = {}
+        for f in gathered:
+            for name, wd in f["weight_decay"].items():
+                weight_decay[name] = sorted(set(weight_decay.get(name, []) + wd))
+        with open(out_file, "w") as f:
+            json.dump({"loss": {str(i): loss for i, loss in history}, "grad_norm": grad_norms,
+                       "weight_decay": weight_decay, "parameters": sum(g["parameters"] for g in gathered)}, f)
+
+
+def _weight_decay_by_name(trainer) -> dict[str, list[float]]:
+    """Global parameter name -> the wd_mult of the optimizer group(s) holding this rank's copies of it."""
+    from megatron_vega.model.weights import global_name
+    names = {id(p): global_name(m, n) for m in trainer.chunks for n, p in m.named_parameters()}
+    out: dict[str, list[float]] = {}
+    for opt in getattr(trainer.optimizer, "chained_optimizers", [trainer.optimizer]):
+        # The distributed optimizer's groups hold shards; model_fp32_groups holds the model parameters behind them.
+        model_groups = getattr(opt, "model_fp32_groups", None) or [g["params"] for g in opt.optimizer.param_groups]
+        for group, params in zip(opt.optimizer.param_groups, model_groups):
+            for p in params:
+                out[names[id(p)]] = sorted(set(out.get(names[id(p)], []) + [group["wd_mult"]]))
+    return out
+
+
+def _count_parameters_once(chunks) -> int:
+    """This rank's share of the model's parameters under megatron-core's own rule for the grad norm (copies
+    tagged ``shared`` and tensor-parallel replicas left out), on data-parallel rank 0 only: the sum over all
+    ranks is the model's size on any layout."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+    from megatron.core.transformer.module import param_is_not_shared
+    if parallel_state.get_data_parallel_rank() != 0:
+        return 0
+    return sum(p.numel() for m in chunks for p in m.parameters()
+               if param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p))
