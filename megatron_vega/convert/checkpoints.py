@@ -233,20 +233,15 @@ def _vega_state(hf_dir: str, hf: dict, cfg: ModelConfig) -> dict:
         raise VegaInputError(hf_dir, str(err).strip("'\"")) from None
 
 
-def _save_weights_rank(cfg: ModelConfig, full: dict | None, load: str | None, save: str, tp: int, pp: int) -> None:
-    """Build the model at TP x PP, fill it (from full tensors or a checkpoint), save a weights-only checkpoint."""
+def _save_weights_rank(cfg: ModelConfig, full: dict, save: str, tp: int, pp: int) -> None:
+    """Build the model at TP x PP, fill it from full tensors, save a weights-only checkpoint at iteration 0."""
     from megatron_vega.model.weights import load_full_state_dict
     from megatron_vega.training import checkpointing
     from megatron_vega.training.arguments import RunConfig
     chunks = _build(cfg, tp, pp)
-    extra = {"iteration": 0, "consumed_samples": 0}
-    if full is not None:
-        load_full_state_dict(chunks, full)
-    else:
-        extra = checkpointing.load(load, chunks, None, None, with_optimizer=False, with_rng=False)
+    load_full_state_dict(chunks, full)
     run = RunConfig(model=cfg, parallel=ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
-    checkpointing.save(save, extra["iteration"], chunks, None, None, {
-        "iteration": extra["iteration"], "consumed_samples": extra["consumed_samples"], "config": asdict(run)})
+    checkpointing.save(save, 0, chunks, None, None, {"iteration": 0, "consumed_samples": 0, "config": asdict(run)})
 
 
 def _check_layout(cfg: ModelConfig, tp: int, pp: int) -> None:
@@ -276,7 +271,7 @@ def from_hf_dir(hf_dir: str, save: str, tp: int, pp: int, task: str | None = Non
     elif len(present) < len(MLM_HEAD_KEYS):
         raise VegaInputError(hf_dir, f"incomplete MLM head: no {sorted(set(MLM_HEAD_KEYS) - set(present))}")
     _check_layout(cfg, tp, pp)
-    run_distributed(tp * pp, _save_weights_rank, cfg, full, None, save, tp, pp)
+    run_distributed(tp * pp, _save_weights_rank, cfg, full, save, tp, pp)
     return notes
 
 
@@ -296,9 +291,10 @@ def _import_finetuned(hf_dir, save, tp, pp, cfg, hf_cfg, task, encoder_hf, head)
 
 
 def reshard(load: str, save: str, tp: int, pp: int) -> None:
-    """Rewrite the weights of a checkpoint from a TP x PP layout (the optimizer state is not carried over:
-    training reshards it on load by itself, since dist checkpoints load into any layout)."""
+    """Rewrite a training checkpoint at TP x PP with everything it holds (training/reshard.py); dist checkpoints
+    also load into any layout directly, so this is for moving a run, not a requirement for it."""
+    from megatron_vega.training.reshard import reshard_rank
     refuse_existing(save)
     cfg = model_config_of(load)
     _check_layout(cfg, tp, pp)
-    run_distributed(tp * pp, _save_weights_rank, cfg, None, load, save, tp, pp)
+    run_distributed(tp * pp, reshard_rank, load, save, tp, pp)

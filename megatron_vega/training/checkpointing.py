@@ -140,6 +140,11 @@ def read_extra(root: str, iteration: int | None = None) -> dict:
     return dist_checkpointing.load_common_state_dict(str(checkpoint_path(root, iteration)))["extra"]
 
 
+def read_layout(root: str, iteration: int | None = None) -> dict:
+    """The TP/PP/DP layout that wrote the checkpoint."""
+    return dist_checkpointing.load_common_state_dict(str(checkpoint_path(root, iteration)))["layout"]
+
+
 def load(root: str, chunks, optimizer, scheduler, with_optimizer: bool = True, with_rng: bool = True,
          iteration: int | None = None) -> dict:
     """Load checkpoint `iteration` (default latest) under `root` into this rank's shards; returns its `extra` dict

@@ -7,7 +7,39 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 def build_optimizer(config: OptimizerConfig, model_chunks: list):
     optimizer = get_megatron_optimizer(config, model_chunks)
     use_fused_torch_adam(optimizer)
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        _keep_bucket_padding_in_gathered_state(opt)
     return optimizer
+
+
+def _keep_bucket_padding_in_gathered_state(opt) -> None:
+    """megatron-core 0.16's distributed optimizer gathers its state for a 'fully_reshardable' checkpoint into one
+    tensor per buffer with the padding between buckets removed, then slices it with each parameter's offset in
+    the padded buffer: every parameter after the first bucket's end is saved shifted (its warning "param range
+    exceeds unpadded buffer ... data corruption", megatron-core issue 504). A pipeline's last stage always has a
+    second bucket (the tied output embedding). Put the padding back so the offsets hold."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    if not isinstance(opt, DistributedOptimizer):
+        return
+    gather = opt.get_parameter_state_dp_zero
+
+    def gather_padded(*args, **kwargs):
+        state = gather(*args, **kwargs)
+        if state is None:
+            return None
+        for gbuf_idx, buffer in enumerate(opt.buffers):
+            for world in state[gbuf_idx].values():
+                for key, tensor in world.items():
+                    if not isinstance(tensor, torch.Tensor):
+                        continue
+                    padded, offset = tensor.new_zeros(buffer.numel), 0
+                    for bucket in buffer.buckets:
+                        padded[bucket.offset:bucket.offset + bucket.numel_unpadded] = \
+                            tensor[offset:offset + bucket.numel_unpadded]
+                        offset += bucket.numel_unpadded
+                    world[key] = padded
+        return state
+    opt.get_parameter_state_dp_zero = gather_padded
 
 
 def torch_optimizers(optimizer) -> list[torch.optim.Optimizer]:

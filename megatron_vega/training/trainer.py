@@ -81,6 +81,7 @@ class Trainer:
         self.stop_requested = False
         self.flops_per_token = train_flops_per_token(model_cfg, run.data.seq_length, run.data.mask_prob,
                                                      reference_forward, tr.micro_batch_size)
+        self.rng_restored = False
         self._load()
 
     @property
@@ -101,6 +102,7 @@ class Trainer:
                                    with_optimizer=not weights_only, with_rng=not (ck.no_load_rng or ck.finetune),
                                    iteration=self.load_iteration)
         notes = []
+        self.rng_restored = extra["rng_restored"]
         if extra["optimizer_restored"]:
             changed = resume.reconcile_schedule(self.scheduler, flags_schedule, ck.override_opt_param_scheduler,
                                                 ck.use_checkpoint_opt_param_scheduler, ck.load)
@@ -122,11 +124,11 @@ class Trainer:
         print_last(f"loaded {ck.load} at iteration {extra['iteration']}"
                    + (f" ({'; '.join(notes)})" if notes else ""))
 
-    def save(self) -> None:
+    def save(self, with_rng: bool = True) -> None:
         extra = {"iteration": self.iteration, "consumed_samples": self.consumed_samples, "skipped": self.skipped,
                  "config": asdict(self.run)}
         path = checkpointing.save(self.run.checkpoint.save, self.iteration, self.chunks, self.optimizer,
-                                  self.scheduler, extra)
+                                  self.scheduler, extra, with_rng=with_rng)
         print_last(f"saved checkpoint {path}")
 
     # -- steps ---------------------------------------------------------------------------------------------------
