@@ -47,9 +47,5 @@ def build_model(cfg: ModelConfig, tc: TransformerConfig, add_mlm_head: bool = Tr
         model = VegaModel(cfg, tc, layers=(first, last), pre_process=first == 0, post_process=last == cfg.num_layers,
                           add_mlm_head=add_mlm_head)
         model.set_recompute(recompute)
-        if model.share_embeddings_and_output_weights and model.pre_process and pp > 1:
-            # The last stage's copy is tagged too (vega_model): with the distributed optimizer each gets a bucket
-            # of its own, so both stages shard it alike and the cross-stage all-reduce adds matching shards.
-            model.word_embeddings.weight.shared_embedding = True
         chunks.append(model.to(device=runtime.device(), dtype=tc.params_dtype))
     return chunks
