@@ -91,7 +91,7 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5, budget_s: flo
 
     def paths(a, b):
         out = {"mm": lambda: a @ b, "linear": lambda: torch.nn.functional.linear(a, b)}
-        if dtype != torch.float32 and not runtime.low_precision_gemm_native():
+        if dtype != torch.float32 and not runtime.low_precision_gemm_native(dtype):
             out["fp32 route"] = lambda: runtime.in_fp32(torch.nn.functional.linear, a, b)
         return out
 

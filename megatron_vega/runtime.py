@@ -109,7 +109,7 @@ def install_cpu_shims() -> None:
     logging.getLogger(mcore_random.__name__).addFilter(lambda r: "CPU RNG state changed" not in r.getMessage())
     mcore_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
-    if not low_precision_gemm_native():
+    if not all(low_precision_gemm_native(dtype) for dtype in _LOW):
         from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
         for cls in (ColumnParallelLinear, RowParallelLinear):
             cls._forward_impl = _linear_in_fp32(cls._forward_impl)
@@ -124,12 +124,14 @@ def _cpu_flags() -> frozenset:
         return frozenset()
 
 
-def low_precision_gemm_native() -> bool:
-    """Whether bf16 matrix products run on matrix hardware here: any GPU; on CPU AVX512-BF16 or AMX. Elsewhere
-    PyTorch emulates them (measured on an AVX2 CPU: bf16 mm ~1 GFLOP/s, F.linear ~20, fp32 ~150). Unknown CPUs
-    (no /proc/cpuinfo) count as native."""
+def low_precision_gemm_native(dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether matrix products in ``dtype`` (bf16 or fp16) run on matrix hardware here: any GPU; on CPU
+    AVX512-BF16/AMX-BF16 for bf16, AVX512-FP16/AMX-FP16 for fp16. Elsewhere PyTorch emulates them (measured on
+    an AVX2 CPU: bf16 mm ~1 GFLOP/s, F.linear ~20, fp32 ~150; fp16 on an AVX512-BF16 CPU ~1). Unknown CPUs (no
+    /proc/cpuinfo) count as native."""
     flags = _cpu_flags()
-    return ON_GPU or not flags or bool(flags & {"avx512_bf16", "amx_bf16"})
+    units = {"avx512_fp16", "amx_fp16"} if dtype == torch.float16 else {"avx512_bf16", "amx_bf16"}
+    return ON_GPU or not flags or bool(flags & units)
 
 
 _LOW = (torch.bfloat16, torch.float16)
@@ -141,12 +143,10 @@ def in_fp32(fn, *args, **kwargs):
     are exact in fp32 and a bf16 GEMM accumulates in fp32 and rounds its output to bf16 anyway, so this is what a
     bf16 matrix unit computes, at the fp32 GEMM's speed. What autograd saves of the upcast arguments is kept as
     the original tensors (no fp32 copies held until the backward); the backward multiplies in fp32 too."""
-    if low_precision_gemm_native():
-        return fn(*args, **kwargs)
     upcast = []
 
     def up(x):
-        if isinstance(x, torch.Tensor) and x.dtype in _LOW:
+        if isinstance(x, torch.Tensor) and x.dtype in _LOW and not low_precision_gemm_native(x.dtype):
             upcast.append((x.float(), x))
             return upcast[-1][0]
         return x
@@ -213,7 +213,7 @@ class _RowBlockLinear(torch.autograd.Function):
 def linear_in_fp32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """F.linear(x, weight) for a large weight (the tied vocabulary table), computed as in_fp32 does but without
     an fp32 copy of the whole weight: by row blocks where low-precision GEMMs are emulated, else F.linear."""
-    if low_precision_gemm_native() or weight.dtype not in _LOW:
+    if weight.dtype not in _LOW or low_precision_gemm_native(weight.dtype):
         return F.linear(x, weight)
     return _RowBlockLinear.apply(x, weight)
 

@@ -11,7 +11,7 @@ from megatron_vega.model.weights import init_weights
 
 @pytest.fixture
 def emulated(monkeypatch):
-    monkeypatch.setattr(runtime, "low_precision_gemm_native", lambda: False)
+    monkeypatch.setattr(runtime, "low_precision_gemm_native", lambda *_: False)
 
 
 def _leaves(*shapes, dtype=torch.bfloat16):
@@ -81,7 +81,7 @@ def test_saved_upcasts_are_mapped_back_to_the_low_precision_originals(emulated):
 def test_fp32_and_native_inputs_pass_through(monkeypatch):
     x, w = _leaves((3, 4), (5, 4), dtype=torch.float32)
     assert torch.equal(runtime.in_fp32(F.linear, x, w), F.linear(x, w))
-    monkeypatch.setattr(runtime, "low_precision_gemm_native", lambda: True)
+    monkeypatch.setattr(runtime, "low_precision_gemm_native", lambda *_: True)
     xb, wb = x.detach().bfloat16(), w.detach().bfloat16()
     assert torch.equal(runtime.in_fp32(F.linear, xb, wb), F.linear(xb, wb))
 
@@ -92,7 +92,7 @@ def test_bf16_model_in_fp32_matches_the_emulated_bf16_model(monkeypatch):
     runtime.init_distributed()
     results = []
     for native in (True, False):
-        monkeypatch.setattr(runtime, "low_precision_gemm_native", lambda native=native: native)
+        monkeypatch.setattr(runtime, "low_precision_gemm_native", lambda *_, native=native: native)
         runtime.init_model_parallel(1, 1, seed=5)
         cfg = model_preset("tiny", hidden_dropout=0.0, attention_dropout=0.0)
         [model] = build_model(cfg, transformer_config(cfg, ParallelConfig(), "bf16"))

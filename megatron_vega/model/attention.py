@@ -253,7 +253,7 @@ def disentangled_attention(q, k, v, pos_key, pos_query, rel_index, mask_bias, dr
     tokens' (P-tuning v2); they have no position, so their relative-position bias is zero. ``qkv``: the
     [3, b, h, s, d] tensor q, k, v are views of, if any (the CPU path then returns its gradient in one piece)."""
     scaled = lambda t: None if t is None else t * scale  # noqa: E731  (the small [h, 2k, d] tables, not Q)
-    if q.device.type == "cpu" and (q.dtype == torch.float32 or not runtime.low_precision_gemm_native()):
+    if q.device.type == "cpu" and (q.dtype == torch.float32 or not runtime.low_precision_gemm_native(q.dtype)):
         qkv = torch.stack([q, k, v]) if qkv is None else qkv
         mask_bias = None if mask_bias is None else mask_bias.to(q.dtype)
         args = (qkv, *(prefix or (None, None)), scaled(pos_key), scaled(pos_query))

@@ -27,3 +27,15 @@ def layer_norm(hidden: int, eps: float, sequence_parallel: bool = False) -> torc
     for p in norm.parameters():
         p.sequence_parallel = sequence_parallel
     return norm
+
+
+def describe() -> str:
+    """One line naming the kernels this process uses, for the training log."""
+    from megatron_vega import runtime
+    norm = _fused_layernorm_cls()
+    norm_name = "torch" if norm is None else f"{norm.__module__.split('.')[0]} {norm.__name__}"
+    attention = "SDPA" if ON_GPU else "hand-written CPU core"
+    gemm = "; ".join(f"{name} GEMMs " + ("native" if runtime.low_precision_gemm_native(dtype) else
+                                         "in fp32 (no matrix units for it)")
+                     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)))
+    return f"kernels: LayerNorm {norm_name}; attention {attention}; AdamW torch fused; {gemm}"

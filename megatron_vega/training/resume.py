@@ -46,7 +46,7 @@ def check_optimizer_state(saved_config: dict, precision: str, distributed_optimi
 # (scheduler attribute, what the user changes to move it)
 SCHEDULE_FIELDS = (("max_lr", "--lr"), ("min_lr", "--min-lr"),
                    ("lr_warmup_steps", "--lr-warmup-iters/--lr-warmup-fraction"),
-                   ("lr_decay_steps", "--lr-decay-iters (default --train-iters)"),
+                   ("lr_decay_steps", "--train-iters/--lr-decay-iters"),
                    ("lr_decay_style", "--lr-decay-style"), ("start_wd", "--weight-decay"),
                    ("end_wd", "--weight-decay"))
 

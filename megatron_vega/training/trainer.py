@@ -16,6 +16,7 @@ from megatron_vega.data.sampler import check_batch_sizes
 from megatron_vega.errors import VegaInputError
 from megatron_vega.model.build import DTYPES, build_model, transformer_config
 from megatron_vega.model.weights import init_weights
+from megatron_vega.ops import kernels
 from megatron_vega.training import checkpointing, resume
 from megatron_vega.training.batches import microbatches
 from megatron_vega.training.flops import train_flops_per_token
@@ -203,6 +204,8 @@ class Trainer:
         log = TrainingLog(tr.train_iters, self.flops_per_token, dist.get_world_size(), peak, lg.tensorboard_dir,
                           dist.get_rank() == dist.get_world_size() - 1)
         history = []
+        if dist.get_rank() == 0:
+            print(kernels.describe(), flush=True)
         for m in self.model:
             m.train()
         while self.iteration < tr.train_iters:
