@@ -1,5 +1,5 @@
-"""Checkpoints: exact resume (RNG and data position included), resharding to another layout, a save killed
-half-way, and refusing to overwrite an existing run."""
+"""Checkpoints in-process: loading into another layout, a save killed half-way. Exact resume and reshard through
+the entry point in fresh processes: test_resume_launches.py."""
 import json
 import os
 from pathlib import Path
@@ -10,35 +10,14 @@ from tests.distributed import spawn
 from tests.training.helpers import tiny_run, train_and_record
 
 
-def _resume(rank, world, root):
-    # Dropout on: an exact match needs the RNG states restored too. The LR schedule spans 10 steps in every run.
-    common = dict(tp=2, dropout=0.1, lr_decay_iters=10)
-    train_and_record(rank, world, tiny_run(iters=10, save=f"{root}/a", save_interval=5, **common),
-                     f"{root}/straight.json")
-    train_and_record(rank, world, tiny_run(iters=5, save=f"{root}/b", **common), f"{root}/first.json")
-    train_and_record(rank, world, tiny_run(iters=10, save=f"{root}/b", load=f"{root}/b", **common),
-                     f"{root}/resumed.json")
-
-
-@pytest.mark.slow
-def test_resume_continues_with_identical_losses(tmp_path):
-    spawn(_resume, 2, str(tmp_path))
-    straight = json.loads((tmp_path / "straight.json").read_text())
-    resumed = json.loads((tmp_path / "resumed.json").read_text())
-    print("step  straight  resumed\n" + "\n".join(f"{s:>4} {straight[s]:.8f} {resumed[s]:.8f}" for s in resumed))
-    assert sorted(resumed, key=int) == [str(i) for i in range(6, 11)]
-    for step, loss in resumed.items():
-        assert loss == pytest.approx(straight[step], rel=1e-6), step
-
-
 def _save_tp2(rank, world, root):
-    train_and_record(rank, world, tiny_run(tp=2, iters=3, save=f"{root}/tp2"))
-    train_and_record(rank, world, tiny_run(tp=2, iters=4, save=f"{root}/tp2-cont", load=f"{root}/tp2"),
-                     f"{root}/tp2.json")
+    train_and_record(rank, world, tiny_run(tp=2, iters=3, save=f"{root}/tp2", lr_decay_iters=4))
+    train_and_record(rank, world, tiny_run(tp=2, iters=4, save=f"{root}/tp2-cont", load=f"{root}/tp2",
+                                           lr_decay_iters=4), f"{root}/tp2.json")
 
 
 def _load_pp2(rank, world, root):
-    train_and_record(rank, world, tiny_run(pp=2, iters=4, save=f"{root}/pp2", load=f"{root}/tp2"),
+    train_and_record(rank, world, tiny_run(pp=2, iters=4, save=f"{root}/pp2", load=f"{root}/tp2", lr_decay_iters=4),
                      f"{root}/pp2.json")
 
 
@@ -69,7 +48,8 @@ def _killed_during_save(rank, world, root):
 
 
 def _load_after_kill(rank, world, root):
-    train_and_record(rank, world, tiny_run(iters=3, save=f"{root}/run", load=f"{root}/run"), f"{root}/after.json")
+    train_and_record(rank, world, tiny_run(iters=3, save=f"{root}/run", load=f"{root}/run", lr_decay_iters=4),
+                     f"{root}/after.json")
 
 
 @pytest.mark.slow
