@@ -32,6 +32,16 @@ def check_batch_sizes(global_batch_size: int, micro_batch_size: int, dp_size: in
                                                    f"({micro_batch_size}) times the data-parallel size ({dp_size})")
 
 
+def check_interleaved_microbatches(global_batch_size: int, micro_batch_size: int, dp_size: int, pp: int) -> None:
+    """The interleaved 1F1B schedule runs micro-batches in groups of PP per virtual stage: their number per step
+    must be a multiple of PP (megatron-core otherwise stops with a traceback in the first step)."""
+    m = global_batch_size // (micro_batch_size * dp_size)
+    if m % pp:
+        raise VegaInputError("--global-batch-size", f"{global_batch_size} gives {m} micro-batches per step on each "
+                                                   f"data-parallel rank; --num-layers-per-virtual-pipeline-stage "
+                                                   f"needs a multiple of the pipeline size {pp}")
+
+
 class MicroBatchSampler:
     """Yields this rank's micro-batches (lists of sample indices) from ``consumed_samples`` on, global batch after
     global batch, until ``total_samples`` (None: forever). Usable as a torch DataLoader ``batch_sampler``."""

@@ -1,6 +1,6 @@
 """--dry-run: validate a layout for any world size in one process and print what it costs."""
 from megatron_vega.convert.hf_mapping import count_parameters
-from megatron_vega.data.sampler import check_batch_sizes
+from megatron_vega.data.sampler import check_batch_sizes, check_interleaved_microbatches
 from megatron_vega.errors import VegaInputError
 from megatron_vega.training.flops import memory_per_rank, train_flops_per_token
 
@@ -11,6 +11,8 @@ def dry_run(run, world: int) -> dict:
     dp = par.validate(model, world)
     gbs = tr.global_batch_size or tr.micro_batch_size * dp
     check_batch_sizes(gbs, tr.micro_batch_size, dp)
+    if par.num_layers_per_virtual_pipeline_stage is not None:
+        check_interleaved_microbatches(gbs, tr.micro_batch_size, dp, par.pipeline_model_parallel_size)
     if par.sequence_parallel and data.seq_length % par.tensor_model_parallel_size:
         raise VegaInputError("--seq-length", "must divide by the tensor-parallel size with --sequence-parallel")
     params = count_parameters(model)

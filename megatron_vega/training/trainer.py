@@ -12,7 +12,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_vega import runtime
-from megatron_vega.data.sampler import check_batch_sizes
+from megatron_vega.data.sampler import check_batch_sizes, check_interleaved_microbatches
 from megatron_vega.errors import VegaInputError
 from megatron_vega.model.build import DTYPES, build_model, transformer_config
 from megatron_vega.model.weights import init_weights
@@ -50,6 +50,9 @@ class Trainer:
         self.dp = par.validate(model_cfg, world)
         self.global_batch = tr.global_batch_size or tr.micro_batch_size * self.dp
         check_batch_sizes(self.global_batch, tr.micro_batch_size, self.dp)
+        if par.num_layers_per_virtual_pipeline_stage is not None:
+            check_interleaved_microbatches(self.global_batch, tr.micro_batch_size, self.dp,
+                                           par.pipeline_model_parallel_size)
         if par.sequence_parallel and run.data.seq_length % par.tensor_model_parallel_size:
             raise VegaInputError("--seq-length", "must divide by the tensor-parallel size with --sequence-parallel")
         runtime.init_model_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,

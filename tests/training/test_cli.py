@@ -27,8 +27,11 @@ def test_impossible_layouts_fail_with_one_line_naming_the_flag():
                 "4", "--mock-data", "--dry-run", world=8)
     batch = run("--model-preset", "tiny", "--micro-batch-size", "3", "--global-batch-size", "8", "--mock-data",
                 "--dry-run", world=2)
+    interleaved = run("--model-preset", "tiny", "--num-layers", "4", "--pipeline-model-parallel-size", "2",
+                      "--num-layers-per-virtual-pipeline-stage", "1", "--micro-batch-size", "2",
+                      "--global-batch-size", "4", "--mock-data", "--dry-run", world=4)
     for out, flag in [(heads, "--tensor-model-parallel-size"), (world, "--pipeline-model-parallel-size"),
-                      (batch, "--global-batch-size")]:
+                      (batch, "--global-batch-size"), (interleaved, "--global-batch-size")]:
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {flag}"), out.stderr
 
