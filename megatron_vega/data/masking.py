@@ -79,6 +79,9 @@ def mask_block(block: np.ndarray, rng: np.random.Generator, vocab, *, mask_prob:
     """
     if unmasked:
         return block.copy(), block != vocab.pad_id
+    if positions is not None:
+        # An index mined before stage 1 excluded them may still name specials or padding: never mask those.
+        positions = positions[~vocab.is_special[block[positions]]]
     if positions is not None and len(positions) > 0:
         return mask_positions(block, positions, vocab.mask_id)
     candidates = ~vocab.is_special[block]

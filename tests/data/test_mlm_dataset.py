@@ -211,3 +211,12 @@ def test_config_flags_and_validation():
         with pytest.raises(VegaInputError) as err:
             bad.validate()
         assert err.value.where == flag
+
+
+def test_mined_positions_never_mask_specials_or_padding():
+    block = np.array([VOCAB.cls_id, 50, 60, VOCAB.sep_id, 70, VOCAB.pad_id])
+    options = dict(mask_prob=0.15, random_token_prob=0.1, leave_unmasked_prob=0.1, whole_word=False,
+                   random_pool=np.arange(5, 200))
+    tokens, scored = mask_block(block, sample_rng(1, 0, 0), VOCAB, positions=np.array([0, 2, 3, 5]), **options)
+    assert np.flatnonzero(scored).tolist() == [2] and tokens[2] == VOCAB.mask_id
+    assert tokens[[0, 3, 5]].tolist() == [VOCAB.cls_id, VOCAB.sep_id, VOCAB.pad_id]
