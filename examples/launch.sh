@@ -31,8 +31,11 @@ launch() {
       "$VEGA_ROOT/$script" "$@" &
     wait_for_step $!
   else
-    torchrun --nnodes "$nodes" --nproc_per_node "$per_node" --master_port "${MASTER_PORT:-29500}" \
-      "$VEGA_ROOT/$script" "$@"
+    # One machine: a rendezvous port of its own unless MASTER_PORT names one (a fixed default port collides
+    # with a launch still closing, or with a second job on the node).
+    local rendezvous=(--standalone)
+    [[ -n "${MASTER_PORT:-}" ]] && rendezvous=(--master_port "$MASTER_PORT")
+    torchrun --nnodes "$nodes" --nproc_per_node "$per_node" "${rendezvous[@]}" "$VEGA_ROOT/$script" "$@"
   fi
 }
 

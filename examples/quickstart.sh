@@ -39,6 +39,10 @@ fi
 bash tools/install.sh
 mkdir -p "$run_dir"
 export OMP_NUM_THREADS=1   # four ranks share two cores
+# Each launch picks a free rendezvous port itself unless MASTER_PORT names one (back-to-back launches on one
+# fixed port can find it still held by the previous one).
+RDZV=(--standalone)
+[[ -n "${MASTER_PORT:-}" ]] && RDZV=(--master_port "$MASTER_PORT")
 log() { echo "== $*"; }
 start=$(date +%s)
 
@@ -53,7 +57,7 @@ python3 tools/preprocess_data.py --input "$run_dir/corpus.jsonl" --output-prefix
   --tokenizer-model "$run_dir/spm.model" --workers 2
 
 log "4/8 MLM pretraining of 'tiny' at TP=2 x PP=2"
-torchrun --nproc_per_node 4 --master_port "${MASTER_PORT:-29511}" pretrain_vega.py \
+torchrun --nproc_per_node 4 "${RDZV[@]}" pretrain_vega.py \
   --model-preset tiny --vocab-size 1000 \
   --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 \
   --data-path "$run_dir/corpus" --tokenizer-model "$run_dir/spm.model" --split 98,2,0 \
@@ -68,7 +72,7 @@ COMMON=(--model-preset tiny --vocab-size 1000 --tensor-model-parallel-size 2 --p
 # A model this small and this briefly trained neglects nearly every token (NLL > 0.1): keep each block's 15 %
 # most neglected ones, so that stage 2 trains on a BERT-like share of masked positions.
 log "5/8 self-evolution stage 1: mine the tokens the model neglects (NLL > 0.1 nats on the unmasked blocks)"
-torchrun --nproc_per_node 4 --master_port "${MASTER_PORT:-29511}" tools/self_questioning.py "${COMMON[@]}" \
+torchrun --nproc_per_node 4 "${RDZV[@]}" tools/self_questioning.py "${COMMON[@]}" \
   --micro-batch-size 16 --load "$run_dir/checkpoints" --output "$run_dir/neglected.nidx" --threshold 0.1 --max-ratio 0.15 \
   2>&1 | tee "$run_dir/stage1.log"
 
@@ -78,7 +82,7 @@ se_warmup=$(( se_steps / 10 > 1 ? se_steps / 10 : 1 ))
 # warming up, then linear decay), far below pretraining's. Its validation uses the same batches and masking as
 # the pretraining run's last one (same seed, batch size and --eval-iters), so the two losses compare directly.
 log "6/8 self-evolution stage 2: $se_steps steps on the mined positions, smoothed labels (alpha 0.5), lr 1e-5"
-torchrun --nproc_per_node 4 --master_port "${MASTER_PORT:-29511}" pretrain_vega.py "${COMMON[@]}" \
+torchrun --nproc_per_node 4 "${RDZV[@]}" pretrain_vega.py "${COMMON[@]}" \
   --objective self-evolution --neglected-tokens "$run_dir/neglected.nidx" --se-alpha 0.5 \
   --load "$run_dir/checkpoints" --finetune --micro-batch-size 8 --global-batch-size 32 \
   --train-iters "$se_steps" --lr 1e-5 --lr-warmup-iters "$se_warmup" --lr-decay-style linear --log-interval 5 \
@@ -97,7 +101,7 @@ log "7/8 SuperGLUE $task fine-tuning at TP=2 from the stage-2 model, on $source 
 if [[ -z "$superglue_dir" ]]; then
   python3 -m megatron_vega.superglue.embedded_sample --corpus "$run_dir/corpus.jsonl" --output-dir "$data_dir"
 fi
-torchrun --nproc_per_node 2 --master_port "${MASTER_PORT:-29511}" finetune_superglue.py \
+torchrun --nproc_per_node 2 "${RDZV[@]}" finetune_superglue.py \
   --task "$task" --data-dir "$data_dir" "${limit[@]}" --load "$run_dir/se-checkpoints" \
   --tensor-model-parallel-size 2 --seq-length 128 --micro-batch-size 16 --epochs "$ft_epochs" --lr 1e-3 \
   --log-interval 16 --predict "$run_dir/predictions" 2>&1 | tee "$run_dir/finetune.log"

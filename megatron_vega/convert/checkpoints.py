@@ -12,7 +12,6 @@ written under a temporary name and renamed at the end; an existing target is nev
 import json
 import os
 import shutil
-import socket
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,16 +45,16 @@ def run_distributed(world: int, fn, *args) -> None:
         runtime.init_distributed()
         fn(*args)
         return
+    import tempfile
+
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_spawned, args=(world, port, fn, args), nprocs=world, join=True)
+    # A file rendezvous: a port found free here can be taken by another process before the ranks bind it.
+    with tempfile.TemporaryDirectory(prefix="vega-convert-") as tmp:
+        mp.spawn(_spawned, args=(world, f"file://{tmp}/store", fn, args), nprocs=world, join=True)
 
 
-def _spawned(rank, world, port, fn, args):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _spawned(rank, world, init_method, fn, args):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), VEGA_INIT_METHOD=init_method)
     from megatron_vega import runtime
     runtime.init_distributed()
     fn(*args)

@@ -13,7 +13,7 @@ from tests.conftest import REPO
 def test_cb_chain_runs_end_to_end(shared_data, tmp_path):
     env = dict(os.environ, MODEL_PRESET="tiny", TOKENIZER=str(shared_data / "corpus" / "botchan_sp1k.model"),
                SUPERGLUE=str(shared_data / "superglue" / "full"), RUN_DIR=str(tmp_path / "run"), EPOCHS="1",
-               NPROC_PER_NODE="1", OMP_NUM_THREADS="2", MASTER_PORT="29533",
+               NPROC_PER_NODE="1", OMP_NUM_THREADS="2",
                EXTRA_ARGS="--max-train-examples 32 --max-eval-examples 16 --seq-length 64 --prompt-length 4")
     out = subprocess.run(["bash", "examples/superglue/prompt_transfer_cb.sh"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=1500)
