@@ -3,11 +3,10 @@ and the README shipped with the heads transformers has no class for.
 
 Imports nothing from megatron-core, so a transformers user can build a task's inputs with ``text_pairs`` alone.
 """
-import json
 
 from megatron_vega.errors import VegaInputError
 from megatron_vega.superglue.formats import build_instances
-from megatron_vega.superglue.readers import DATA_LABELS, read_examples
+from megatron_vega.superglue.readers import label_texts, read_examples
 
 SEQUENCE_TASKS = ("BoolQ", "CB", "MultiRC", "RTE")  # one sequence -> one row of class logits
 CHOICE_TASKS = ("COPA",)  # one sequence per option -> one row of option logits
@@ -23,15 +22,6 @@ def check_known_task(task, where: str) -> str:
         raise VegaInputError(where, f"fine-tuning task {task!r} is not one this converter knows "
                                     f"({', '.join(sorted(ARCHITECTURES))})")
     return task
-
-
-def label_texts(task: str) -> list[str]:
-    """Class i's name, in the order the framework's logits index them, spelled as the task's JSON spells the
-    label value (``true``/``false``, ``0``/``1``, strings as they are). COPA: the index of the chosen choice;
-    ReCoRD: (no, yes) for 'this mention is the answer'."""
-    if task == "ReCoRD":
-        return ["false", "true"]
-    return [value if isinstance(value, str) else json.dumps(value) for value in DATA_LABELS[task]]
 
 
 def task_config_fields(task: str, cls_dropout: float) -> dict:

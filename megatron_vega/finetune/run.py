@@ -17,7 +17,6 @@ import torch.distributed as dist
 
 from megatron_vega import runtime
 from megatron_vega.config import ModelConfig, ParallelConfig, model_preset
-from megatron_vega.convert.hf_tasks import label_texts
 from megatron_vega.data.tokenizer import VegaTokenizer, check_vocab
 from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune import checkpoint
@@ -29,6 +28,7 @@ from megatron_vega.model.build import transformer_config
 from megatron_vega.prompt.store import save_prompt_file
 from megatron_vega.prompt.tuning import attach_prompt, build_teacher, trainable_parameters
 from megatron_vega.superglue.formats import predictions_from_scores
+from megatron_vega.superglue.readers import label_texts
 from megatron_vega.superglue.scoring import evaluate
 from megatron_vega.superglue.submission import write_predictions
 from megatron_vega.training.checkpointing import check_save_dir

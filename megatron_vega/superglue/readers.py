@@ -321,3 +321,12 @@ def describe_key(task: str, key) -> str:
     if task == "MultiRC":
         return "passage idx {} question idx {} answer idx {}".format(*(json.dumps(k) for k in key))
     return f"{'query ' if task == 'ReCoRD' else ''}idx {json.dumps(key)}"
+
+
+def label_texts(task: str) -> list[str]:
+    """Class i's name, in the order the framework's logits index them, spelled as the task's JSON spells the
+    label value (``true``/``false``, ``0``/``1``, strings as they are). COPA: the index of the chosen choice;
+    ReCoRD: (no, yes) for 'this mention is the answer'."""
+    if task == "ReCoRD":
+        return ["false", "true"]
+    return [value if isinstance(value, str) else json.dumps(value) for value in DATA_LABELS[task]]
