@@ -86,7 +86,7 @@ def run(args) -> None:
     from megatron_vega.config import ParallelConfig
     from megatron_vega.finetune import checkpoint
     from megatron_vega.finetune.config import FinetuneRun, TaskConfig
-    from megatron_vega.finetune.features import TextEncoder, make_samples
+    from megatron_vega.finetune.features import TextEncoder, collate, make_samples
     from megatron_vega.finetune.run import resolve_model
     from megatron_vega.finetune.task_model import build_task_model
     from megatron_vega.finetune.tasks import read_split
@@ -126,8 +126,9 @@ def run(args) -> None:
     def embed(name, target):
         if (name, target) not in cache:
             prompt = None if name is None else prompts[name]
-            cache[name, target] = task_embedding(encoder, prompt, samples[target], tokenizer.pad_id,
-                                                 args.micro_batch_size)
+            rows, size = samples[target], args.micro_batch_size
+            batches = (collate(rows[i:i + size], tokenizer.pad_id) for i in range(0, len(rows), size))
+            cache[name, target] = task_embedding(encoder, prompt, batches)
         return cache[name, target]
 
     sources = list(prompts)

@@ -57,6 +57,10 @@ class OptimConfig:
     pipeline_model_parallel_size: int = option(1, "Must be 1: fine-tuning runs without pipeline parallelism.")
     log_interval: int = option(10, "Print the training loss every N steps.")
 
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
 
 @dataclass
 class SiftConfig:

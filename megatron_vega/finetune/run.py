@@ -21,12 +21,12 @@ from megatron_vega.data.tokenizer import VegaTokenizer, check_vocab
 from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune import checkpoint
 from megatron_vega.finetune.features import TextEncoder, instance_scores, make_samples
-from megatron_vega.finetune.tasks import (flip_rate, pseudo_labelled, read_split, selection_score, task_files)
+from megatron_vega.finetune.prompt_tuning import attach_prompt, build_teacher, trainable_parameters
 from megatron_vega.finetune.task_model import build_task_model
+from megatron_vega.finetune.tasks import flip_rate, pseudo_labelled, read_split, selection_score, task_files
 from megatron_vega.finetune.trainer import Finetuner, print_rank0
 from megatron_vega.model.build import transformer_config
 from megatron_vega.prompt.store import save_prompt_file
-from megatron_vega.prompt.tuning import attach_prompt, build_teacher, trainable_parameters
 from megatron_vega.superglue.formats import predictions_from_scores
 from megatron_vega.superglue.readers import label_texts
 from megatron_vega.superglue.scoring import evaluate

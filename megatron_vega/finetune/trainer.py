@@ -15,18 +15,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_vega import runtime
 from megatron_vega.data.sampler import check_batch_sizes, rank_microbatch_indices
 from megatron_vega.finetune.features import Sample, collate
 from megatron_vega.finetune.sift import adversarial_loss, normalized_embeddings
 from megatron_vega.finetune.task_model import TaskModel
-from megatron_vega.model.build import DTYPES
 from megatron_vega.prompt.panda import panda_loss
-from megatron_vega.prompt.tuning import teacher_logits
-from megatron_vega.training.optimizer import build_optimizer
+from megatron_vega.finetune.prompt_tuning import teacher_logits
+from megatron_vega.training.optimizer import lr_scheduler, megatron_optimizer
 
 
 def print_rank0(*args) -> None:
@@ -95,16 +92,11 @@ class Finetuner:
 
     # -- training -------------------------------------------------------------------------------------------------
     def _optimizer_and_schedule(self, total_steps: int):
+        """Pretraining's Adam and schedule: linear warm-up over --lr-warmup-fraction of the steps, linear decay."""
         o = self.optim
-        optimizer = build_optimizer(OptimizerConfig(
-            optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
-            adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, bf16=o.bf16,
-            params_dtype=DTYPES["bf16" if o.bf16 else "fp32"]), [self.ddp])
-        scheduler = OptimizerParamScheduler(
-            optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr,
-            lr_warmup_steps=int(o.lr_warmup_fraction * total_steps), lr_decay_steps=total_steps,
-            lr_decay_style="linear", start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=total_steps,
-            wd_incr_style="constant")
+        optimizer = megatron_optimizer(o, [self.ddp])
+        scheduler = lr_scheduler(optimizer, o, train_steps=total_steps, decay_steps=total_steps,
+                                 warmup_steps=int(o.lr_warmup_fraction * total_steps))
         return optimizer, scheduler
 
     def _step(self, optimizer, scheduler, micro_batches: list[list[Sample]]):

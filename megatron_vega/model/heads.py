@@ -7,10 +7,11 @@ Parameter names follow Hugging Face DebertaV2ForSequenceClassification (``pooler
 the HF converter can map the sequence heads. Every head returns logits [rows, classes].
 """
 import math
-import zlib
 
 import torch
 import torch.nn.functional as F
+
+from megatron_vega.model.seeding import name_seeded_generator
 
 
 class ContextPooler(torch.nn.Module):
@@ -103,5 +104,4 @@ def init_head(head: torch.nn.Module, std: float, seed: int) -> None:
         if name.endswith("bias"):
             p.zero_()
         else:
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
+            p.copy_(torch.randn(p.shape, generator=name_seeded_generator(seed, name)) * std)

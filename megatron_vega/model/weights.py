@@ -2,12 +2,12 @@
 gathering shards back. A parameter's global name does not depend on TP/PP (layer indices are global, the last
 stage's tied output weight is called ``word_embeddings.weight``), so the same seed gives the same model on any
 layout and a full state dict maps onto any layout."""
-import zlib
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_vega.model.seeding import name_seeded_generator
 from megatron_vega.model.vega_model import VegaModel
 
 
@@ -40,8 +40,7 @@ def _initial_value(name: str, shape: list[int], std: float, seed: int) -> torch.
         return torch.ones(shape)
     if name.endswith("bias"):
         return torch.zeros(shape)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-    return torch.randn(shape, generator=gen) * std
+    return torch.randn(shape, generator=name_seeded_generator(seed, name)) * std
 
 
 @torch.no_grad()

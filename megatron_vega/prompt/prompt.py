@@ -10,12 +10,13 @@ Deep prefixes have no position: their relative-position bias is zero (``model/at
 sit after [CLS] so the heads still read [CLS] at position 0; token spans move right by the prompt length.
 """
 import math
-import zlib
 
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
+
+from megatron_vega.model.seeding import name_seeded_generator
 
 
 class PromptEncoder(torch.nn.Module):
@@ -45,7 +46,7 @@ class PromptEncoder(torch.nn.Module):
         """Seeded from (seed, parameter name) alone, so identical on every rank and layout: the table N(0, 1)
         (or ``table``), encoder weights U(+-1/sqrt(fan_in)) as PyTorch's defaults, biases zero."""
         for name, p in self.named_parameters():
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            gen = name_seeded_generator(seed, name)
             if name == "embedding":
                 p.copy_(torch.randn(p.shape, generator=gen) if table is None else table)
             elif "bias" in name:

@@ -19,16 +19,15 @@ import torch.nn.functional as F
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
 from megatron_vega import runtime
-from megatron_vega.finetune.features import collate
 
 METRICS = ("cosine", "overlap")
 CENTERS = ("none", "backbone")
 
 
 @torch.no_grad()
-def task_embedding(encoder, prompt, samples, pad_id: int, micro_batch_size: int) -> torch.Tensor:
-    """E(prompt, samples): mean over every sequence of the concatenated per-layer FFN activations at [CLS]
-    (``prompt`` None: the backbone alone)."""
+def task_embedding(encoder, prompt, batches) -> torch.Tensor:
+    """E(prompt, D): mean over every sequence of D (``batches``, an iterable of collated fine-tuning batches) of
+    the concatenated per-layer FFN activations at [CLS] (``prompt`` None: the backbone alone)."""
     per_layer = [torch.zeros(encoder.cfg.ffn_hidden_size, dtype=torch.float64) for _ in encoder.layers]
 
     def hook(i):
@@ -43,8 +42,7 @@ def task_embedding(encoder, prompt, samples, pad_id: int, micro_batch_size: int)
     encoder.eval()
     rows = 0
     try:
-        for start in range(0, len(samples), micro_batch_size):
-            batch = collate(samples[start:start + micro_batch_size], pad_id)
+        for batch in batches:
             batch = {k: v.to(runtime.device()) for k, v in batch.items()}
             if prompt is None:
                 encoder(batch["tokens"], batch["padding_mask"])

@@ -1,7 +1,37 @@
-"""The optimizer: megatron-core's (mixed precision, distributed optimizer, gradient clipping, loss scaling) over
-torch's fused AdamW kernel when megatron-core falls back to torch's Adam."""
+"""The optimizer and its schedule, for pretraining and fine-tuning alike: megatron-core's optimizer (mixed
+precision, distributed optimizer, gradient clipping, loss scaling) over torch's fused AdamW kernel when
+megatron-core falls back to torch's Adam, and megatron-core's OptimizerParamScheduler."""
 import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from megatron_vega.model.build import DTYPES
+
+# fp16's dynamic loss-scaling settings: pretraining's TrainConfig has them, fine-tuning (no fp16) keeps the defaults.
+_LOSS_SCALING = ("loss_scale", "initial_loss_scale", "min_loss_scale", "loss_scale_window", "hysteresis")
+
+
+def megatron_optimizer(cfg, model_chunks: list, use_distributed_optimizer: bool = False):
+    """Adam with decoupled weight decay over the DDP-wrapped ``model_chunks``. ``cfg`` holds the run's settings
+    under the same names in pretraining (TrainConfig) and fine-tuning (OptimConfig): lr, min_lr, weight_decay,
+    adam_beta1, adam_beta2, adam_eps, clip_grad and ``precision`` (fp32 / bf16 / fp16)."""
+    scaling = {name: getattr(cfg, name) for name in _LOSS_SCALING if hasattr(cfg, name)}
+    return build_optimizer(OptimizerConfig(
+        optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps, clip_grad=cfg.clip_grad, bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16", params_dtype=DTYPES[cfg.precision],
+        use_distributed_optimizer=use_distributed_optimizer, **scaling), model_chunks)
+
+
+def lr_scheduler(optimizer, cfg, train_steps: int, decay_steps: int, warmup_steps: int,
+                 decay_style: str = "linear") -> OptimizerParamScheduler:
+    """Learning rate from 0 up to ``cfg.lr`` over ``warmup_steps`` (linear), then down to ``cfg.min_lr`` at
+    ``decay_steps`` (``decay_style``); a constant ``cfg.weight_decay`` over the run's ``train_steps``. One
+    scheduler step per optimizer step that updated the weights."""
+    return OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=cfg.lr, min_lr=cfg.min_lr, lr_warmup_steps=warmup_steps,
+        lr_decay_steps=decay_steps, lr_decay_style=decay_style, start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
+        wd_incr_steps=train_steps, wd_incr_style="constant")
 
 
 def build_optimizer(config: OptimizerConfig, model_chunks: list):
@@ -51,7 +81,7 @@ def torch_optimizers(optimizer) -> list[torch.optim.Optimizer]:
 def use_fused_torch_adam(optimizer) -> None:
     """Without TE or apex megatron-core builds torch.optim.Adam(W) with torch's default implementation, which on
     CPU is the per-tensor loop (foreach is CUDA-only by default, and on CPU slower still). torch's fused kernel
-    (CPU and CUDA) makes one pass per tensor: 2.7x faster than the loop here (benchmarks/BENCHMARKS.md).
+    (CPU and CUDA) makes one pass per tensor: faster than the loop (BENCHMARKS.md).
     TE's and apex's FusedAdam are left as they are."""
     for opt in torch_optimizers(optimizer):
         if type(opt) in (torch.optim.Adam, torch.optim.AdamW):

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from megatron_vega.config import PRESETS, model_preset
-from megatron_vega.convert.hf_mapping import count_parameters, hf_config_dict
+from megatron_vega.convert.hf_mapping import hf_config_dict
+from megatron_vega.model.parameter_count import count_parameters
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -18,7 +18,7 @@ def _loss_and_grads(tp, spm_path, data_file, prompt_type):
     from megatron_vega.finetune.trainer import Finetuner
     from megatron_vega.model.build import transformer_config
     from megatron_vega.prompt.config import PromptConfig
-    from megatron_vega.prompt.tuning import attach_prompt
+    from megatron_vega.finetune.prompt_tuning import attach_prompt
     from megatron_vega.superglue.formats import build_instances
     from megatron_vega.superglue.readers import read_examples
 

@@ -9,7 +9,7 @@ import torch
 
 from megatron_vega.prompt.transferability import similarity, transfer_matrix
 from tests.conftest import REPO
-from tests.prompt.test_tuning import prompt_run
+from tests.finetune.test_prompt_tuning import prompt_run
 
 
 @pytest.mark.parametrize("metric", ["cosine", "overlap"])

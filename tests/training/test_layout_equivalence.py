@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from megatron_vega.convert.hf_mapping import count_parameters
+from megatron_vega.model.parameter_count import count_parameters
 from tests.distributed import spawn
 from tests.training.helpers import tiny_run, train_and_record_layout
 
