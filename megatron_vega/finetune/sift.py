@@ -15,10 +15,9 @@ import torch.nn.functional as F
 LN0_EPS = 1e-7
 
 
-def normalized_embeddings(encoder, tokens):
-    """ê = LN₀(word embeddings), [s, b, H] in fp32 (the vocab-parallel lookup is all-reduced, so replicated)."""
-    emb = encoder.word_embeddings(tokens).transpose(0, 1)
-    return F.layer_norm(emb.float(), emb.shape[-1:], eps=LN0_EPS)
+def normalize(words):
+    """ê = LN₀(e): the word embeddings [s, b, H] (replicated: the vocab-parallel lookup is all-reduced) in fp32."""
+    return F.layer_norm(words.float(), words.shape[-1:], eps=LN0_EPS)
 
 
 def _flat(logits):
@@ -44,13 +43,25 @@ def mse(logits, target):
 ASCENT_LOSSES = {"symmetric-kl": symmetric_kl, "kl": kl, "mse": mse}
 
 
-def adversarial_loss(logits_fn, normalized, clean_logits, cfg):
-    """logits_fn(perturbed ê) -> logits; ``cfg`` a SiftConfig. Returns the (unweighted) adversarial loss."""
+def sift_forward(logits_fn, cfg):
+    """``logits_fn(hook)`` -> the batch's logits with ``hook`` as the encoder's embedding hook; ``cfg`` a
+    SiftConfig. Returns the clean logits (the pass on ê) and the unweighted adversarial loss."""
+    clean = {}
+
+    def normalized(words, tokens):
+        clean["ê"] = normalize(words)
+        return clean["ê"]
+
+    logits = logits_fn(normalized)
+    base = clean["ê"].detach()
+
+    def perturbed(delta):  # every pass embeds the same tokens: the clean pass's ê is reused
+        return lambda words, tokens: base + delta
+
     sigma = cfg.sift_init_perturbation
-    base = normalized.detach()
     delta = torch.randn_like(base).mul_(sigma).clamp_(-2 * sigma, 2 * sigma).requires_grad_()
-    ascent = ASCENT_LOSSES[cfg.sift_loss](logits_fn(base + delta), clean_logits.detach()).sum()
+    ascent = ASCENT_LOSSES[cfg.sift_loss](logits_fn(perturbed(delta)), logits.detach()).sum()
     (grad,) = torch.autograd.grad(ascent, delta)
     if torch.isfinite(grad.norm()):  # DeBERTa keeps δ₀ when the gradient overflowed
         delta = delta + cfg.sift_step_size * grad / (1e-6 + grad.abs().amax(-1, keepdim=True))
-    return symmetric_kl(logits_fn(base + delta.detach()), clean_logits).mean()
+    return logits, symmetric_kl(logits_fn(perturbed(delta.detach())), logits).mean()

@@ -16,11 +16,11 @@ class TaskModel(MegatronModule):
         super().__init__(config=encoder.config)
         self.encoder, self.head, self.prompt = encoder, head, prompt
 
-    def forward(self, batch, input_embeds=None):
+    def forward(self, batch):
         if self.prompt is not None:
             hidden, batch = self.prompt(self.encoder, batch)
         else:
-            hidden = self.encoder(batch["tokens"], batch["padding_mask"], input_embeds=input_embeds)
+            hidden = self.encoder(batch["tokens"], batch["padding_mask"])
         return self.head(hidden, batch).float()
 
 

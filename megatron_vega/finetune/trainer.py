@@ -19,10 +19,10 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron_vega import runtime
 from megatron_vega.data.sampler import check_batch_sizes, rank_microbatch_indices
 from megatron_vega.finetune.features import Sample, collate
-from megatron_vega.finetune.sift import adversarial_loss, normalized_embeddings
+from megatron_vega.finetune.prompt_tuning import teacher_logits
+from megatron_vega.finetune.sift import sift_forward
 from megatron_vega.finetune.task_model import TaskModel
 from megatron_vega.prompt.panda import panda_loss
-from megatron_vega.finetune.prompt_tuning import teacher_logits
 from megatron_vega.training.optimizer import lr_scheduler, megatron_optimizer
 
 
@@ -76,15 +76,13 @@ class Finetuner:
             task = F.cross_entropy(self.ddp(batch), batch["labels"])
             return task, torch.stack([task.detach(), torch.zeros(())])
         encoder = self.model.encoder
-        normalized = normalized_embeddings(encoder, batch["tokens"])
 
-        def logits_fn(embeddings):
-            mask = encoder.input_mask(batch["padding_mask"])
-            return self.ddp(batch, input_embeds=encoder.embed_vectors(embeddings, mask))
+        def logits_fn(hook):
+            with encoder.embedding_hook(hook):
+                return self.ddp(batch)
 
-        logits = logits_fn(normalized)
+        logits, adv = sift_forward(logits_fn, self.sift)
         task = F.cross_entropy(logits, batch["labels"])
-        adv = adversarial_loss(logits_fn, normalized, logits, self.sift)
         return task + self.sift.sift_lambda * adv, torch.stack([task.detach(), adv.detach()])
 
     def _device(self, batch: dict) -> dict:

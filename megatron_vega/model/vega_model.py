@@ -7,6 +7,7 @@ across pipeline stages by megatron-core (params tagged ``pipeline_parallel``, co
 Copies that exist on more than one chunk (the relative table and its LayerNorm, the last stage's tied output
 weight) are tagged ``shared`` except on the first chunk, so megatron-core's grad norm counts each once.
 """
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -134,13 +135,26 @@ class VegaModel(MegatronModule):
         tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
         return x.chunk(tp, dim=0)[rank]
 
-    def embed(self, tokens, input_mask):
-        """tokens [b, s] -> LN(word embeddings) * mask, dropped out: [s(/tp), b, H]."""
-        return self.embed_vectors(self.word_embeddings(tokens).transpose(0, 1).contiguous(), input_mask)
+    # Injected vectors (soft prompts, SiFT's noise) enter through this hook only; see ``embedding_hook``.
+    _embedding_hook = None
 
-    def embed_vectors(self, vectors, input_mask):
-        """What follows the lookup, for any [s, b, H] input vectors (tokens, soft prompts, perturbed embeddings):
-        embedding LayerNorm, mask, dropout -> [s(/tp), b, H]; input_mask [s(/tp), b, 1]."""
+    @contextmanager
+    def embedding_hook(self, hook):
+        """Within the block, the embedding passes the word vectors through ``hook(vectors, tokens) -> vectors``
+        ([s, b, H] replicated, before LayerNorm, mask and dropout). The result may be longer than ``tokens``
+        (prompts inserted): the ``padding_mask`` given to forward describes the result."""
+        previous, self._embedding_hook = self._embedding_hook, hook
+        try:
+            yield
+        finally:
+            self._embedding_hook = previous
+
+    def embed(self, tokens, input_mask):
+        """tokens [b, s] -> LN(word embeddings, through the embedding hook if one is set) * mask, dropped out:
+        [s(/tp), b, H]; input_mask [s(/tp), b, 1]."""
+        vectors = self.word_embeddings(tokens).transpose(0, 1).contiguous()
+        if self._embedding_hook is not None:
+            vectors = self._embedding_hook(vectors, tokens)
         if self.sequence_parallel:
             vectors = tensor_parallel.scatter_to_sequence_parallel_region(vectors)
         emb = self.embedding_layernorm(vectors.to(input_mask.dtype)) * input_mask
@@ -150,14 +164,13 @@ class VegaModel(MegatronModule):
         """[b, s] padding mask -> this rank's [s(/tp), b, 1] multiplicative mask in the model's dtype."""
         return self._local_sequence(padding_mask.t().unsqueeze(-1).to(self.rel_embeddings.weight.dtype))
 
-    def forward(self, tokens, padding_mask, lm_positions=None, input_embeds=None, prefix=None):
+    def forward(self, tokens, padding_mask, lm_positions=None, prefix=None):
         """tokens, padding_mask: [b, s]. Returns fp32 vocab-parallel MLM logits on the last stage ([s, b, V/tp], or
         [n, V/tp] at the flat (s-major) ``lm_positions``), else this chunk's hidden states [s(/tp), b, H].
-        ``input_embeds`` replaces the embedding layer's output (``embed_vectors`` of prompts or perturbed
-        embeddings); ``prefix`` holds one deep-prompt (keys, values) pair per layer of this chunk."""
+        ``prefix`` holds one deep-prompt (keys, values) pair per layer of this chunk."""
         input_mask = self.input_mask(padding_mask)
         if self.pre_process:
-            hidden = self.embed(tokens, input_mask) if input_embeds is None else input_embeds
+            hidden = self.embed(tokens, input_mask)
         else:
             hidden = self.input_tensor
         hidden = self.encode(hidden, padding_mask, input_mask, prefix)

@@ -30,7 +30,8 @@ class PromptConfig:
                                         "Deep prompts without an encoder take those tokens' keys and values in the "
                                         "frozen backbone (Li & Liang's real-word activations).",
                               choices=list(PROMPT_INITS))
-    prompt_init_text: str | None = option(None, "Text whose tokens (repeated to --prompt-length) initialise the prompt.")
+    prompt_init_text: str | None = option(None, "Text whose tokens (repeated to --prompt-length) initialise the "
+                                                "prompt.")
     prompt_encoder: str = option("none", "Reparameterisation of the prompt: none (a free table), mlp (Linear-Tanh-"
                                          "Linear, P-tuning v2's prefix projection), lstm (bi-LSTM + MLP, P-tuning).",
                                  choices=list(PROMPT_ENCODERS))

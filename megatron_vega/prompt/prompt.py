@@ -76,12 +76,15 @@ class Prompt(torch.nn.Module):
         vectors = self.encoder()
         if self.deep:
             return encoder(tokens, mask, prefix=self.prefix(vectors, tokens.shape[0])), batch
-        words = encoder.word_embeddings(tokens).transpose(0, 1)  # [s, b, H]
         b = tokens.shape[0]
-        prompt = vectors.to(words.dtype)[:, None, :].expand(self.length, b, -1)
-        vectors = torch.cat([words[:1], prompt, words[1:]], dim=0)
+        prompt = vectors[:, None, :].expand(self.length, b, -1)
+
+        def after_cls(words, tokens):  # [s, b, H] -> [s + P, b, H]
+            return torch.cat([words[:1], prompt.to(words.dtype), words[1:]], dim=0)
+
         mask = torch.cat([mask[:, :1], mask.new_ones(b, self.length), mask[:, 1:]], dim=1)
-        hidden = encoder(None, mask, input_embeds=encoder.embed_vectors(vectors, encoder.input_mask(mask)))
+        with encoder.embedding_hook(after_cls):
+            hidden = encoder(tokens, mask)
         batch = {**batch, "padding_mask": mask}
         if "spans" in batch:  # (sequence, start, end); a span truncated away points at [CLS] and stays there
             spans = batch["spans"].clone()
