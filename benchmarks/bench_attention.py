@@ -19,14 +19,12 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
+import torch
 
-import torch  # noqa: E402
-
-from megatron_vega import runtime  # noqa: E402
-from megatron_vega.config import ParallelConfig, model_preset  # noqa: E402
-from megatron_vega.convert.hf_mapping import hf_config_dict  # noqa: E402
+from megatron_vega import runtime
+from megatron_vega.config import ParallelConfig, model_preset
+from megatron_vega.convert.hf_mapping import hf_config_dict
 
 
 def parse_args(argv=None):
@@ -61,8 +59,7 @@ def shared_inputs(cfg, args):
 
 def build_hf(cfg, args, x):
     from transformers import DebertaV2Config
-    from transformers.models.deberta_v2.modeling_deberta_v2 import (DisentangledSelfAttention,
-                                                                    build_relative_position)
+    from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention, build_relative_position
     hc = DebertaV2Config(**hf_config_dict(cfg))
     attn, dense = DisentangledSelfAttention(hc).train(), torch.nn.Linear(cfg.hidden_size, cfg.hidden_size)
     weights = args.dtype == "bf16" and args.hf_bf16 == "weights"

@@ -15,8 +15,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
 LAYOUTS = {"TP1": (1, 1), "TP2": (2, 1), "PP2": (1, 2)}
 LINE = re.compile(r"iteration\s+(\d+)/\d+ .*\| tokens/s ([\d,]+) .*\| peak mem ([\d.]+) GiB")

@@ -19,20 +19,29 @@ lacks the memory the naive candidate needs (it is shared).
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402  (puts the repository on sys.path)
+import common
+import psutil
+import torch
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
-
-from megatron_vega import runtime  # noqa: E402
-from megatron_vega.ops.smoothed_cross_entropy import smoothed_vocab_parallel_cross_entropy  # noqa: E402
-from tests.ops.test_smoothed_cross_entropy import naive_smoothed_cross_entropy  # noqa: E402
+from megatron_vega import runtime
+from megatron_vega.ops.smoothed_cross_entropy import smoothed_vocab_parallel_cross_entropy
 
 CANDIDATES = ("fused", "naive")
 
+
+
+def naive_smoothed_cross_entropy(z, y, target, alpha, ignore_index=-100):
+    """The candidate the fused op replaces: full-vocabulary logits [n, V] -> per-token -sum(soft * log softmax(z)),
+    the soft target (1 - alpha) * onehot + alpha * softmax(y) materialized in fp32 (as the op's tests do)."""
+    logp = torch.log_softmax(z.float(), dim=-1)
+    with torch.no_grad():
+        soft = torch.softmax(y.float(), dim=-1).mul_(alpha)
+        valid = target != ignore_index
+        rows = torch.nonzero(valid).squeeze(1)
+        soft[rows, target[rows]] += 1.0 - alpha
+        soft[~valid] = 0.0
+    return -(soft * logp).sum(-1)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -34,15 +34,13 @@ import tempfile
 import time
 from functools import partial
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
+import torch
 
-import torch  # noqa: E402
-
-from megatron_vega import runtime  # noqa: E402
-from megatron_vega.config import ParallelConfig, model_preset  # noqa: E402
-from megatron_vega.convert.hf_mapping import hf_config_dict  # noqa: E402
-from megatron_vega.training.flops import train_flops_per_token  # noqa: E402
+from megatron_vega import runtime
+from megatron_vega.config import ParallelConfig, model_preset
+from megatron_vega.convert.hf_mapping import hf_config_dict
+from megatron_vega.training.flops import train_flops_per_token
 
 
 def parse_args(argv=None):

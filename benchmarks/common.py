@@ -27,8 +27,6 @@ import time
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

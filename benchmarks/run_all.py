@@ -15,13 +15,13 @@ import subprocess
 import sys
 import time
 
+import bench_attention
+import bench_parallel
+import bench_smoothed_ce
+import bench_step
+import common
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import common  # noqa: E402
-import bench_attention  # noqa: E402
-import bench_parallel  # noqa: E402
-import bench_smoothed_ce  # noqa: E402
-import bench_step  # noqa: E402
 
 SMALL_BF16 = "--layers 2 --batch 1 --seq 256 --vocab-size 32000"
 

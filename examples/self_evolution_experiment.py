@@ -33,12 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from megatron_vega.config import CheckpointConfig, LoggingConfig, ParallelConfig, TrainConfig, model_preset
+from megatron_vega.data.config import DataConfig
+from megatron_vega.training.arguments import RunConfig
 
-from megatron_vega.config import CheckpointConfig, LoggingConfig, ParallelConfig, TrainConfig, model_preset  # noqa
-from megatron_vega.data.config import DataConfig  # noqa: E402
-from megatron_vega.training.arguments import RunConfig  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CORPUS_FILES = ("wikitext2.test.tokens", "wikitext2.valid.tokens", "tinyshakespeare.txt")
 VOCAB, SEQ, MICRO_BATCH, GLOBAL_BATCH = 2000, 128, 16, 32

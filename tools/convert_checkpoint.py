@@ -12,12 +12,8 @@ DebertaV2ForMultipleChoice (COPA) with the task's labels, or DebertaV2Model plus
 (WiC, WSC, ReCoRD). from-hf reads what transformers writes (either MLM-head naming, DebertaV2Model, task classes).
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megatron_vega.errors import exit_on_input_error  # noqa: E402
+from megatron_vega.errors import exit_on_input_error
 
 
 def parser() -> argparse.ArgumentParser:

@@ -35,14 +35,10 @@ Memory model (flops.memory_per_rank, an estimate for the busiest rank, the first
 """
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from megatron_vega.config import PRESETS, model_preset  # noqa: E402
-from megatron_vega.errors import VegaInputError, exit_on_input_error  # noqa: E402
-from megatron_vega.training.planner import GPUS, format_plan, plan  # noqa: E402
+from megatron_vega.config import PRESETS, model_preset
+from megatron_vega.errors import VegaInputError, exit_on_input_error
+from megatron_vega.training.planner import GPUS, format_plan, plan
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,13 +8,9 @@ Plain text: one document per paragraph (lines separated by blank lines). JSONL (
 line, the --json-keys values joined by a newline. Progress goes to stderr; both files appear only on success.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from megatron_vega.data.preprocess import preprocess  # noqa: E402
-from megatron_vega.errors import exit_on_input_error  # noqa: E402
+from megatron_vega.data.preprocess import preprocess
+from megatron_vega.errors import exit_on_input_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,10 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megatron_vega.errors import exit_on_input_error  # noqa: E402
-from megatron_vega.prompt.store import read_prompt_file  # noqa: E402
+from megatron_vega.errors import exit_on_input_error
+from megatron_vega.prompt.store import read_prompt_file
 
 
 def describe(path: str) -> dict:

@@ -14,11 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megatron_vega.config import PRESETS, world_size  # noqa: E402
-from megatron_vega.errors import VegaInputError, exit_on_input_error  # noqa: E402
-from megatron_vega.prompt.transferability import CENTERS, METRICS  # noqa: E402
+from megatron_vega.config import PRESETS, world_size
+from megatron_vega.errors import VegaInputError, exit_on_input_error
+from megatron_vega.prompt.transferability import CENTERS, METRICS
 
 
 def parse_args(argv):
@@ -28,7 +26,8 @@ def parse_args(argv):
     p.add_argument("--model-preset", choices=list(PRESETS), help="Random backbone of this preset instead of --load "
                                                                   "(as finetune_superglue.py --model-preset).")
     p.add_argument("--tokenizer-model", help="sentencepiece model (default: the checkpoint's).")
-    p.add_argument("--prompts", nargs="+", required=True, help="Prompt files, as FILE (named by its task) or NAME=FILE.")
+    p.add_argument("--prompts", nargs="+", required=True,
+                   help="Prompt files, as FILE (named by its task) or NAME=FILE.")
     p.add_argument("--targets", nargs="+", required=True, help="Target tasks (each needs a prompt of that name).")
     p.add_argument("--data-dir", help="SuperGLUE parent directory: <dir>/<Task>/<split>.jsonl.")
     p.add_argument("--data-file", nargs="*", default=[], help="TASK=FILE overrides of the target inputs.")
@@ -135,8 +134,9 @@ def run(args) -> None:
     matrix = transfer_matrix(embed, sources, args.targets, args.metric, args.center)
     if dist.get_rank() == 0:
         print(format_table(matrix, args.targets, f"{args.metric}, center {args.center}"))
+        files = {name: item.split("=", 1)[-1] for name, item in zip(sources, args.prompts)}
         result = {"metric": args.metric, "center": args.center, "sources": sources, "targets": args.targets,
-                  "matrix": matrix, "prompts": {name: item.split("=", 1)[-1] for name, item in zip(sources, args.prompts)}}
+                  "matrix": matrix, "prompts": files}
         print(json.dumps(result))
         if args.json:
             tmp = f"{args.json}.tmp{os.getpid()}"

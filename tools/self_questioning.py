@@ -15,13 +15,11 @@ per line: {"block": id, "pieces": [...], "neglected": [positions], "neglected_pi
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megatron_vega.cli import add_dataclass_flags, apply_flags  # noqa: E402
-from megatron_vega.config import world_size  # noqa: E402
-from megatron_vega.errors import VegaInputError, exit_on_input_error  # noqa: E402
-from megatron_vega.selfevolution.stage1 import MiningConfig  # noqa: E402
-from megatron_vega.training.arguments import build_parser, run_config  # noqa: E402
+from megatron_vega.cli import add_dataclass_flags, apply_flags
+from megatron_vega.config import world_size
+from megatron_vega.errors import VegaInputError, exit_on_input_error
+from megatron_vega.selfevolution.stage1 import MiningConfig
+from megatron_vega.training.arguments import build_parser, run_config
 
 
 def show_main(argv) -> None:

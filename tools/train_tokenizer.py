@@ -7,13 +7,9 @@ Text files train on every non-blank line; JSONL files (.jsonl/.json) on the line
 Writes PREFIX.model and PREFIX.vocab, byte-identical across runs for the same inputs, flags and --seed.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from megatron_vega.data.spm_training import train_tokenizer  # noqa: E402
-from megatron_vega.errors import exit_on_input_error  # noqa: E402
+from megatron_vega.data.spm_training import train_tokenizer
+from megatron_vega.errors import exit_on_input_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -22,7 +18,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input", nargs="+", required=True, help="text or JSONL files")
     parser.add_argument("--vocab-size", type=int, required=True, help="pieces in the model, specials included")
     parser.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
-    parser.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="(default: unigram; HF DebertaV2Tokenizer reads only unigram models correctly)")
+    parser.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram",
+                        help="(default: unigram; HF DebertaV2Tokenizer reads only unigram models correctly)")
     parser.add_argument("--character-coverage", type=float, default=0.9995,
                         help="share of characters the pieces must cover; the rest become [UNK] (default: 0.9995)")
     parser.add_argument("--input-sentence-size", type=int, default=0,
