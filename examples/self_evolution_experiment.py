@@ -1,4 +1,4 @@
-"""Self-evolution against plain MLM continued training, on real text, over several seeds (method_spec §1.5).
+"""Self-evolution against plain MLM continued training, on real text, over several seeds (docs/self_evolution.md).
 
   python examples/self_evolution_experiment.py [--corpus-dir DIR] [--work runs/se-experiment]
       [--pretrain-minutes 20 | --pretrain-steps N] [--se-steps 150] [--seeds 1 2 3]

@@ -1,7 +1,7 @@
 """Where the code runs: device, process groups, and megatron-core's CPU shims. The only module that knows.
 
 On a GPU machine this picks NCCL and CUDA and changes nothing in torch or megatron-core. Without CUDA it picks
-gloo and installs the minimal shims megatron-core 0.16 needs on CPU (see ../shared/docs/megatron_core_cpu.md):
+gloo and installs the minimal shims megatron-core 0.16 needs on CPU (see docs/megatron_core_cpu.md):
 ``torch.cuda`` RNG/device/sync/stream calls answered by the CPU, ``device="cuda"`` in tensor factories mapped to
 the CPU, and ``Tensor.type()`` answering with the ``torch.cuda.*`` names megatron-core compares against.
 On a CPU without bf16 matrix units it also computes the matrix products of bf16/fp16 tensors in fp32 (in_fp32).

@@ -1,4 +1,4 @@
-"""Prompt transferability: the source x target matrix of task-embedding similarities (method_spec §2.2).
+"""Prompt transferability: the source x target matrix of task-embedding similarities (docs/prompt_tuning_and_panda.md).
 
     python tools/prompt_transferability.py --load CKPT --prompts RTE=rte.pt WSC=wsc.pt CB=cb.pt --targets CB \
         --data-dir SUPERGLUE [--metric cosine|overlap] [--json OUT]

@@ -1,5 +1,5 @@
 #!/bin/bash
-# PANDA for CB (method_spec §2): prompt-tune the sources RTE and WSC and the target CB alone; vanilla transfer
+# PANDA for CB (docs/prompt_tuning_and_panda.md): prompt-tune the sources RTE and WSC and the target CB alone; vanilla transfer
 # (CB from each source prompt: PANDA's target-like teachers); the transferability of each source to CB; PANDA
 # students distilled from each teacher with lambda from that metric. Deep prompts of 20, as the released scripts
 # (lr 1e-2 prompt tuning / transfer, 7e-3 PANDA, batch 16, seq 128, seed 11, 100 epochs).

@@ -1,4 +1,4 @@
-"""Our parameter names <-> Hugging Face DebertaV2ForMaskedLM (method_spec §4.7-4.8), both on full tensors.
+"""Our parameter names <-> Hugging Face DebertaV2ForMaskedLM (docs/hugging_face_conversion.md), both on full tensors.
 
 Fused QKV rows are laid out [heads, 3, head_dim] so that tensor-parallel column splits keep whole heads; HF keeps
 separate query/key/value projections. Vocabulary padding rows are dropped on export and added on import.

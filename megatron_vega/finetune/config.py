@@ -64,7 +64,7 @@ class OptimConfig:
 
 @dataclass
 class SiftConfig:
-    """SiFT (method_spec §3): adversarial noise on the normalized word embeddings."""
+    """SiFT (docs/sift.md): adversarial noise on the normalized word embeddings."""
     sift: bool = option(False, "Scale-invariant fine-tuning.")
     sift_lambda: float = option(5.0, "Weight of the adversarial loss (DeBERTa's vat_lambda).")
     sift_init_perturbation: float = option(1e-2, "Std of the initial noise, clamped to +-2 std.")
@@ -75,7 +75,7 @@ class SiftConfig:
 
 @dataclass
 class TransductiveConfig:
-    """Transductive fine-tuning (method_spec §5): retrain on train + pseudo-labelled test."""
+    """Transductive fine-tuning (docs/transductive_finetuning.md): retrain on train + pseudo-labelled test."""
     transductive_rounds: int = option(0, "Rounds of pseudo-labelling the test split and retraining.")
     transductive_threshold: float = option(0.0, "Keep pseudo-labels with confidence >= this (0: keep all).")
     transductive_min_flip_rate: float = option(0.005, "Stop when fewer test predictions than this fraction "

@@ -8,7 +8,7 @@
   - ``classify``: one sequence, one logit row (pair tasks, MultiRC answers, WiC/WSC with their two spans);
   - ``choice`` (COPA): one sequence per option, one row of option logits, label = the right option;
   - ``mentions`` (ReCoRD): one (query, passage window) sequence; one row per entity mention in the window,
-    labelled 1 for mentions of a gold entity (DeBERTa's span scoring, method_spec §6.4).
+    labelled 1 for mentions of a gold entity (DeBERTa's span scoring, docs/superglue_formats.md).
 """
 from collections.abc import Sequence
 from dataclasses import dataclass

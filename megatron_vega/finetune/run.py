@@ -1,7 +1,7 @@
 """A fine-tuning run end to end: model and data from the config, training with best-dev selection, transductive
 rounds, leaderboard files for the test split (and AX-b / AX-g with the RTE model), the saved model.
 
-Transductive fine-tuning (method_spec §5, our concrete choices): round 0 fine-tunes on train; round r >= 1
+Transductive fine-tuning (docs/transductive_finetuning.md): round 0 fine-tunes on train; round r >= 1
 labels the TEST split with the best-dev model of round r-1 (dev is never pseudo-labelled: it stays the unbiased
 selector), keeps the predictions whose confidence reaches --transductive-threshold, and fine-tunes again from
 the initial (pretrained) weights on train + those. It stops after --transductive-rounds, when the dev score did

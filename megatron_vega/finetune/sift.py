@@ -1,4 +1,4 @@
-"""SiFT, scale-invariant fine-tuning (method_spec §3; DeBERTa ``sift/sift.py``).
+"""SiFT, scale-invariant fine-tuning (docs/sift.md; DeBERTa's ``sift/sift.py``).
 
 The word embeddings e go through a parameter-free LayerNorm ê = LN₀(e) (eps 1e-7) before the model's own
 embedding LayerNorm, in the clean pass too. The adversarial passes replace ê by stopgrad(ê) + δ:

@@ -1,4 +1,4 @@
-"""Task heads on the encoder's hidden states [s, b, H], for SuperGLUE fine-tuning (method_spec §6.4).
+"""Task heads on the encoder's hidden states [s, b, H], for SuperGLUE fine-tuning (docs/superglue_formats.md).
 
 Fine-tuning runs without sequence parallelism, so the hidden states are replicated on tensor-parallel ranks and
 the heads are small replicated modules: every TP rank computes the same outputs and gradients, and megatron-core

@@ -1,7 +1,7 @@
 """Soft-target cross entropy over vocab-parallel logits: self-evolution's token-specific label smoothing (TLS).
 
 Per token: loss = −Σ_v ỹ_v·log p_v with p = softmax(z) (student logits z), ỹ = (1−α)·onehot(t) + α·r, and r either
-softmax(y) of the reference logits y (TLS, method_spec §1.3) or uniform over the K real vocabulary entries (the
+softmax(y) of the reference logits y (TLS, docs/self_evolution.md) or uniform over the K real vocabulary entries (the
 vanilla label-smoothing baseline). With ẑ = z − M_z (M_z the max over the GLOBAL vocabulary) and Σ_v r_v = 1:
 
     loss = log S_z − (1−α)·ẑ_t − α·Σ_v r_v·ẑ_v,      S_z = Σ_v exp(ẑ_v)

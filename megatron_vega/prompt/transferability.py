@@ -1,4 +1,5 @@
-"""Prompt transferability (method_spec §2.2, a reconstruction the spec marks unverified).
+"""Prompt transferability (docs/prompt_tuning_and_panda.md; a reconstruction: the paper's exact
+formula is not public).
 
 A prompt P and a task's inputs D give a task embedding: the FFN activations (post-GELU) at [CLS] of every layer,
 averaged over D and concatenated, E(P, D) in R^(L * d_ff). The transferability of source S to target T runs the

@@ -1,4 +1,4 @@
-"""Self-evolution stage 1 output: which positions of which blocks the model neglects (method_spec §1.1, §1.6).
+"""Self-evolution stage 1 output: which positions of which blocks the model neglects (docs/self_evolution.md).
 
 Selection (pure functions): a token is neglected iff its NLL under the unmasked block exceeds τ (criterion "nll", the
 released code's rule, τ = 0.1 nats) or, alternatively, iff the model's argmax is wrong (criterion "argmax"); an

@@ -1,4 +1,4 @@
-"""Self-evolution stage 1, self-questioning (method_spec §1.1): run the trained model in eval mode without
+"""Self-evolution stage 1, self-questioning (docs/self_evolution.md): run the trained model in eval mode without
 gradients over the UNMASKED training blocks and record, per block id, the positions whose gold token the model
 neglects (NLL > τ by default). Special tokens and padding are never recorded (``neglected_index.candidates``).
 
@@ -181,7 +181,7 @@ def mine(run, mining: MiningConfig) -> None:
 
 def mean_nll_on_index(run, index) -> float:
     """Mean NLL of the gold token at the positions of `index` (unmasked input), with run.checkpoint.load's
-    weights: the quantity self-evolution should lower (method_spec §1.5). One replica, any TP/PP."""
+    weights: the quantity self-evolution should lower (docs/self_evolution.md). One replica, any TP/PP."""
     from megatron_vega import runtime
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
     from megatron_vega.model.build import build_model, transformer_config

@@ -1,4 +1,4 @@
-"""Model-independent instances for every SuperGLUE task (method_spec §6.4).
+"""Model-independent instances for every SuperGLUE task (docs/superglue_formats.md).
 
 An Instance is what one classifier call sees: text segment(s), a class index into ``label_names(task)``, and
 char spans for span heads. Tokenisation, truncation and special tokens belong to the model code.

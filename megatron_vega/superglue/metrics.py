@@ -1,4 +1,4 @@
-"""The official SuperGLUE metrics (method_spec §6.2), pure Python.
+"""The official SuperGLUE metrics (docs/superglue_formats.md), pure Python.
 
 Every score is a fraction in [0, 1], ReCoRD included (the official ReCoRD script and the leaderboard show
 x100 for every task; multiply by 100 to compare). Undefined ratios (an F1 with no predicted and no gold

@@ -1,4 +1,4 @@
-"""Read the official SuperGLUE JSONL files (method_spec §6.1) into small frozen dataclasses.
+"""Read the official SuperGLUE JSONL files (docs/superglue_formats.md) into small frozen dataclasses.
 
 Labels are optional (test and "unlabeled" files have none: ``label`` is then None). Every problem in a file
 raises VegaInputError naming ``<file>:<line>`` and the field, so entry points print one line and exit 2.

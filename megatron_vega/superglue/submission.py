@@ -1,4 +1,4 @@
-"""SuperGLUE leaderboard files (method_spec §6.3): writers, strict readers for scoring, and the flat zip.
+"""SuperGLUE leaderboard files (docs/superglue_formats.md): writers, strict readers for scoring, and the flat zip.
 
 Predictions are {prediction key: value} dicts (keys: ``readers.prediction_keys``) holding values of the
 data's label types: bool for BoolQ / WiC / WSC, 0/1 for COPA (choice index) and MultiRC (per answer), label

@@ -1,4 +1,4 @@
-"""Parity with an independent implementation: transformers' DebertaV2ForMaskedLM (method_spec §4)."""
+"""Parity with an independent implementation: transformers' DebertaV2ForMaskedLM (docs/hugging_face_conversion.md)."""
 import pytest
 import torch
 

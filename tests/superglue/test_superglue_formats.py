@@ -1,4 +1,4 @@
-"""Instances per task (method_spec §6.4) and decoding model scores back into predictions."""
+"""Instances per task (docs/superglue_formats.md) and decoding model scores back into predictions."""
 import pytest
 
 from megatron_vega.superglue.formats import (Instance, Span, build_instances, label_index, label_names,

@@ -1,4 +1,4 @@
-"""Leaderboard files byte for byte (method_spec §6.3), strict reading back, and the flat submission zip."""
+"""Leaderboard files byte for byte (docs/superglue_formats.md), strict reading back, and the flat submission zip."""
 import zipfile
 
 import pytest
