@@ -6,7 +6,7 @@ One step = zero_grad + forward + MLM loss + backward + AdamW step, dropout 0.1, 
   * ours: ``lm_positions`` = the masked positions (flat, sequence-major); logits only there, loss with
     megatron-core's vocab_parallel_cross_entropy as the trainer does.
 Precision (``--dtype bf16``):
-  * HF: bf16 autocast over fp32 weights (as perf_baseline.md), or ``--hf-bf16 weights``.
+  * HF: bf16 autocast over fp32 weights (HF's usual mixed-precision recipe), or ``--hf-bf16 weights``.
   * ours: bf16 weights (Megatron's scheme: bf16 params and activations, fp32 master weights and AdamW state),
     or ``--ours-bf16 autocast``. ``--hf-bf16 weights`` gets the same fp32-master optimizer.
 Optimizer: torch.optim.AdamW(lr 1e-4, weight decay 0.01) on fp32 (master) params. Ours uses its fused kernel, as
@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed steps per candidate (alternating)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--layers", type=int, default=None, help="override num_layers (smaller runs)")
-    p.add_argument("--vocab-size", type=int, default=None, help="override the vocabulary (perf_baseline: 32000)")
+    p.add_argument("--vocab-size", type=int, default=None, help="override the vocabulary (e.g. 32000)")
     p.add_argument("--hf-bf16", default="autocast", choices=["autocast", "weights"])
     p.add_argument("--ours-bf16", default="weights", choices=["weights", "autocast"])
     p.add_argument("--only", choices=["ours", "hf"], help="time one candidate only")

@@ -126,9 +126,8 @@ def _cpu_flags() -> frozenset:
 
 def low_precision_gemm_native(dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether matrix products in ``dtype`` (bf16 or fp16) run on matrix hardware here: any GPU; on CPU
-    AVX512-BF16/AMX-BF16 for bf16, AVX512-FP16/AMX-FP16 for fp16. Elsewhere PyTorch emulates them (measured on
-    an AVX2 CPU: bf16 mm ~1 GFLOP/s, F.linear ~20, fp32 ~150; fp16 on an AVX512-BF16 CPU ~1). Unknown CPUs (no
-    /proc/cpuinfo) count as native."""
+    AVX512-BF16/AMX-BF16 for bf16, AVX512-FP16/AMX-FP16 for fp16. Elsewhere PyTorch emulates them, far slower
+    than fp32 (BENCHMARKS.md). Unknown CPUs (no /proc/cpuinfo) count as native."""
     flags = _cpu_flags()
     units = {"avx512_fp16", "amx_fp16"} if dtype == torch.float16 else {"avx512_bf16", "amx_bf16"}
     return ON_GPU or not flags or bool(flags & units)

@@ -1,10 +1,10 @@
 """Dropout whose mask is drawn fast on CPU.
 
 PyTorch's CPU dropout (bernoulli_) takes one serial mt19937 draw per element (its vectorised MKL generator is used
-on Intel CPUs only): ~12 ns per element on this machine, 0.37 s of a 14 s training step at `large`. Here the mask
-comes from four 15-bit lanes of each 64-bit draw of a generator seeded by one draw of the current generator (so
-the RNG tracker's forks and seeds decide it, as for F.dropout): ~1.5 ns per element. p is rounded to the 2^-15
-grid and the scale matches the rounded p, so the dropout stays unbiased. Other devices use F.dropout.
+on Intel CPUs only). Here the mask comes from four 15-bit lanes of each 64-bit draw of a generator seeded by one
+draw of the current generator (so the RNG tracker's forks and seeds decide it, as for F.dropout), about eight times
+faster (BENCHMARKS.md, "Dropout masks"). p is rounded to the 2^-15 grid and the scale matches the rounded p, so
+the dropout stays unbiased. Other devices use F.dropout.
 """
 import torch
 import torch.nn.functional as F

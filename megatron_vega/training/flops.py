@@ -1,4 +1,4 @@
-"""Model FLOPs and memory arithmetic for the encoder (anchors §5.4), shared by logging, --dry-run and benchmarks.
+"""Model FLOPs and memory arithmetic for the encoder, shared by logging, --dry-run and benchmarks.
 
 Model FLOPs count the matrix products of the model as defined, not recomputation: forward = 2 x MACs,
 training = 3 x forward. The MLM output layer is counted only at the predicted (masked) positions, which is all

@@ -81,7 +81,7 @@ def torch_optimizers(optimizer) -> list[torch.optim.Optimizer]:
 def use_fused_torch_adam(optimizer) -> None:
     """Without TE or apex megatron-core builds torch.optim.Adam(W) with torch's default implementation, which on
     CPU is the per-tensor loop (foreach is CUDA-only by default, and on CPU slower still). torch's fused kernel
-    (CPU and CUDA) makes one pass per tensor: faster than the loop (BENCHMARKS.md).
+    (CPU and CUDA) makes one pass per tensor, faster than the loop (BENCHMARKS.md, "Optimizer").
     TE's and apex's FusedAdam are left as they are."""
     for opt in torch_optimizers(optimizer):
         if type(opt) in (torch.optim.Adam, torch.optim.AdamW):

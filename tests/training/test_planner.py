@@ -67,7 +67,7 @@ def test_time_is_steps_times_tokens_times_flops_over_gpus_peak_mfu():
     summary = result["summary"]
     assert summary["train_seconds"] == pytest.approx(seconds) and summary["train_days"] == pytest.approx(seconds / 86400)
     assert summary["train_flops_per_step"] == pytest.approx(2560 * 512 * flops)
-    # by hand: 32.2 GFLOP/token (anchors §5.4: 31-36) x 1.31e12 tokens / (320 x 124.8 TFLOP/s) = 12.2 days
+    # by hand: 32.2 GFLOP/token x 1.31e12 tokens / (320 x 124.8 TFLOP/s) = 12.2 days
     assert 32.0e9 < flops < 32.4e9 and summary["train_days"] == pytest.approx(12.2, abs=0.1)
     h100 = plan(VEGA, 320, 80, 989, 0.4, 1_000_000, 2560)["summary"]["train_days"]
     assert h100 == pytest.approx(summary["train_days"] * 312 / 989)
