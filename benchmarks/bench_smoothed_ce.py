@@ -4,8 +4,8 @@ Candidates, on the same inputs (student logits [n, V] with grad, reference logit
 V = 128100, n = 4096 masked tokens, TP = 1, α = 0.5):
   * ``fused``: megatron_vega.ops.smoothed_cross_entropy.smoothed_vocab_parallel_cross_entropy (chunked; only the
     [n, V] gradient buffer is allocated at full size);
-  * ``naive``: the materialized form (as the op's tests compute it) — log_softmax(student), ỹ = (1−α)·onehot + α·softmax(reference)
-    materialized in fp32, −Σ ỹ·log p, autograd backward.
+  * ``naive``: the materialized form (as the op's tests compute it) — log_softmax(student),
+    ỹ = (1−α)·onehot + α·softmax(reference) materialized in fp32, −Σ ỹ·log p, autograd backward.
 Each measured unit is loss.sum().backward() with the student's .grad dropped first (no accumulation).
 
 Time: candidates alternate (A B, B A, ...) in one process (benchmarks/common.py); the ratios fused / naive of the
