@@ -13,7 +13,6 @@ import numpy as np
 
 from megatron_vega.errors import VegaInputError
 
-
 _INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron-core's .idx magic
 
 
@@ -57,12 +56,6 @@ def open_indexed_dataset(prefix: str):
         raise VegaInputError(bin_path, f"holds {actual} bytes but its .idx describes {expected}; "
                                        "the pair is from different runs or truncated")
     return dataset
-
-
-def document_lengths(dataset) -> np.ndarray:
-    """Tokens per document (int64), from the index alone."""
-    seq_ends = np.concatenate([[0], np.cumsum(dataset.sequence_lengths, dtype=np.int64)])
-    return np.diff(seq_ends[dataset.document_indices])
 
 
 class IndexedDatasetWriter:

@@ -202,14 +202,6 @@ class MLMDataset:
         raise KeyError(f"block {block_id} is not in this split")
 
 
-class MockMLMDataset(MLMDataset):
-    """``MLMDataset`` over ``MockBlocks`` (--mock-data): same sample format and order, no files."""
-
-    def __init__(self, num_blocks: int, seq_length: int, vocab, seed: int, **kwargs):
-        super().__init__([BlockRange(MockBlocks(num_blocks, seq_length, vocab, seed), 0, num_blocks)],
-                         vocab, seed, **kwargs)
-
-
 def build_mlm_datasets(config: DataConfig, vocab, seed: int, *, unmasked: bool = False,
                        mask_override: Mapping[int, np.ndarray] | None = None) -> list[MLMDataset | None]:
     """[train, valid, test] datasets (None for an empty split) as --data-path/--split/--mock-data describe.

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from megatron_vega.data.embedded_corpus import write_embedded_corpus
+from megatron_vega.data.mlm_dataset import BlockRange, MLMDataset, MockBlocks
 from megatron_vega.data.spm_training import train_tokenizer
 from tests.conftest import REPO
 
@@ -37,8 +38,8 @@ def spm_model(embedded_jsonl, tmp_path_factory) -> str:
 
 def write_corpus(prefix, documents, vocab_size=1000, sequences_per_document=1):
     """An indexed dataset holding ``documents`` (lists of ids), each split into that many sequences."""
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
     import torch
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=DType.optimal_dtype(vocab_size))
     for doc in documents:
@@ -47,3 +48,9 @@ def write_corpus(prefix, documents, vocab_size=1000, sequences_per_document=1):
         builder.end_document()
     builder.finalize(f"{prefix}.idx")
     return str(prefix)
+
+
+def mock_mlm_dataset(num_blocks: int, seq_length: int, vocab, seed: int, **kwargs) -> MLMDataset:
+    """An MLMDataset over ``num_blocks`` synthetic blocks (what --mock-data reads), all in one split."""
+    return MLMDataset([BlockRange(MockBlocks(num_blocks, seq_length, vocab, seed), 0, num_blocks)], vocab, seed,
+                      **kwargs)

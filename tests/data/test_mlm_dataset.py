@@ -7,12 +7,11 @@ from megatron_vega.cli import add_dataclass_flags, apply_flags
 from megatron_vega.data.config import DataConfig, parse_data_path, parse_split, split_ranges
 from megatron_vega.data.corpus import open_indexed_dataset
 from megatron_vega.data.masking import choose_whole_words, mask_block, mask_positions, sample_rng
-from megatron_vega.data.mlm_dataset import (BlockTable, MockMLMDataset, blend_pattern,
-                                            build_mlm_datasets)
+from megatron_vega.data.mlm_dataset import BlockTable, blend_pattern, build_mlm_datasets
 from megatron_vega.data.sampler import MicroBatchSampler, collate, global_batch_indices, rank_microbatch_indices
 from megatron_vega.data.tokenizer import SyntheticVocab
 from megatron_vega.errors import VegaInputError
-from tests.data.conftest import write_corpus
+from tests.data.conftest import mock_mlm_dataset, write_corpus
 
 VOCAB = SyntheticVocab(200, word_start=np.arange(200) % 3 == 0)  # ids 0 mod 3 start words: 2-3 token words
 SEQ = 32
@@ -119,7 +118,7 @@ def test_blending_follows_weights(corpora):
 
 
 def test_whole_word_masking_keeps_words_whole_and_ratio(corpora):
-    dataset = MockMLMDataset(10_000, 64, VOCAB, seed=9, whole_word_masking=True)
+    dataset = mock_mlm_dataset(10_000, 64, VOCAB, seed=9, whole_word_masking=True)
     scored = total = 0
     for i in range(10_000):
         sample = dataset[i]
@@ -134,7 +133,7 @@ def test_whole_word_masking_keeps_words_whole_and_ratio(corpora):
 
 
 def test_random_masking_ratio_and_80_10_10():
-    dataset = MockMLMDataset(10_000, 64, VOCAB, seed=4)
+    dataset = mock_mlm_dataset(10_000, 64, VOCAB, seed=4)
     chosen = total = masked = kept = 0
     for i in range(10_000):
         s = dataset[i]
@@ -172,8 +171,8 @@ def test_unmasked_mode_for_self_questioning(corpora):
 
 
 def test_sample_format_and_mock_determinism():
-    a = MockMLMDataset(100, SEQ, VOCAB, seed=1)
-    b = MockMLMDataset(100, SEQ, VOCAB, seed=1)
+    a = mock_mlm_dataset(100, SEQ, VOCAB, seed=1)
+    b = mock_mlm_dataset(100, SEQ, VOCAB, seed=1)
     sample = a[42]
     assert {k: (v.dtype.name, v.shape) for k, v in sample.items()} == {
         "tokens": ("int64", (SEQ,)), "labels": ("int64", (SEQ,)), "loss_mask": ("float32", (SEQ,)),
@@ -185,7 +184,7 @@ def test_sample_format_and_mock_determinism():
 
 
 def test_masking_is_a_pure_function_of_seed_block_epoch():
-    block = MockMLMDataset(1, SEQ, VOCAB, seed=0).parts[0].table.block(0)
+    block = mock_mlm_dataset(1, SEQ, VOCAB, seed=0).parts[0].table.block(0)
     options = dict(mask_prob=0.15, random_token_prob=0.1, leave_unmasked_prob=0.1, whole_word=False,
                    random_pool=np.arange(5, 200))
     one = mask_block(block, sample_rng(1, 7, 0), VOCAB, **options)

@@ -4,11 +4,11 @@ import pickle
 import numpy as np
 import pytest
 
-from megatron_vega.data.mlm_dataset import MockMLMDataset
 from megatron_vega.data.tokenizer import SyntheticVocab
 from megatron_vega.errors import VegaInputError
 from megatron_vega.selfevolution import NeglectedIndex, ShardWriter, merge, select_neglected, shard_paths, write_index
 from megatron_vega.selfevolution.neglected_index import candidates
+from tests.data.conftest import mock_mlm_dataset
 
 SEQ = 16
 RULE = dict(seq_length=SEQ, criterion="nll", threshold=0.1)
@@ -102,7 +102,7 @@ def test_plugs_into_mlm_dataset_as_mask_override(tmp_path):
     writer = ShardWriter(tmp_path, 0, **RULE)
     writer.add(b, positions, scored_tokens=SEQ)
     index = NeglectedIndex(writer.flush())
-    dataset = MockMLMDataset(100, SEQ, SyntheticVocab(200), seed=3, mask_override=index)
+    dataset = mock_mlm_dataset(100, SEQ, SyntheticVocab(200), seed=3, mask_override=index)
     assert np.flatnonzero(dataset.sample_for_block(b)["loss_mask"]).tolist() == positions.tolist()
 
 
