@@ -11,16 +11,21 @@ from megatron_vega.model.build import DTYPES
 _LOSS_SCALING = ("loss_scale", "initial_loss_scale", "min_loss_scale", "loss_scale_window", "hysteresis")
 
 
-def megatron_optimizer(cfg, model_chunks: list, use_distributed_optimizer: bool = False):
-    """Adam with decoupled weight decay over the DDP-wrapped ``model_chunks``. ``cfg`` holds the run's settings
-    under the same names in pretraining (TrainConfig) and fine-tuning (OptimConfig): lr, min_lr, weight_decay,
-    adam_beta1, adam_beta2, adam_eps, clip_grad and ``precision`` (fp32 / bf16 / fp16)."""
+def optimizer_config(cfg, use_distributed_optimizer: bool = False) -> OptimizerConfig:
+    """megatron-core's Adam settings from a run's settings, named alike in pretraining (TrainConfig) and
+    fine-tuning (OptimConfig): lr, min_lr, weight_decay, adam_beta1, adam_beta2, adam_eps, clip_grad and
+    ``precision`` (fp32 / bf16 / fp16); fp16's loss-scaling fields where the config has them."""
     scaling = {name: getattr(cfg, name) for name in _LOSS_SCALING if hasattr(cfg, name)}
-    return build_optimizer(OptimizerConfig(
+    return OptimizerConfig(
         optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps, clip_grad=cfg.clip_grad, bf16=cfg.precision == "bf16",
         fp16=cfg.precision == "fp16", params_dtype=DTYPES[cfg.precision],
-        use_distributed_optimizer=use_distributed_optimizer, **scaling), model_chunks)
+        use_distributed_optimizer=use_distributed_optimizer, **scaling)
+
+
+def megatron_optimizer(cfg, model_chunks: list, use_distributed_optimizer: bool = False):
+    """Adam with decoupled weight decay (``optimizer_config``) over the DDP-wrapped ``model_chunks``."""
+    return build_optimizer(optimizer_config(cfg, use_distributed_optimizer), model_chunks)
 
 
 def lr_scheduler(optimizer, cfg, train_steps: int, decay_steps: int, warmup_steps: int,
