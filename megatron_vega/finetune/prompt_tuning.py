@@ -1,8 +1,8 @@
 """Turning a fine-tuning model into a prompt-tuning one: freeze the encoder, attach the task's prompt (new,
 continued or transferred), and build PANDA's teacher on the same frozen encoder.
 
-Roles (docs/prompt_tuning_and_panda.md): a source prompt is tuned on its task; vanilla transfer (--init-prompt) starts the
-target task from it (prompt and head tensors except the classifier) and tunes on the target - that is PANDA's
+Roles (docs/prompt_tuning_and_panda.md): a source prompt is tuned on its task; vanilla transfer (--init-prompt)
+starts the target task from it (prompt and head tensors except the classifier) and tunes on the target - that is PANDA's
 target-like teacher; the PANDA student is a fresh prompt trained on CE + c*lambda*KD against the teacher.
 """
 import torch

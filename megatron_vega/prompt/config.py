@@ -1,4 +1,5 @@
-"""Prompt-tuning and PANDA settings (docs/prompt_tuning_and_panda.md), Megatron-style flags generated from these dataclasses.
+"""Prompt-tuning and PANDA settings (docs/prompt_tuning_and_panda.md), Megatron-style flags generated from these
+dataclasses.
 
 Defaults follow the released PANDA / P-tuning v2 scripts where they exist (deep prompts of length 20, no
 reparameterisation, N(0, 1) init, KD = MSE on logits weighted 0.1 x 0.1, train-mode teacher); the points the

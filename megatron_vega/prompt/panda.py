@@ -1,4 +1,5 @@
-"""PANDA's student loss (docs/prompt_tuning_and_panda.md): ground truth plus knowledge distilled from a target-like teacher.
+"""PANDA's student loss (docs/prompt_tuning_and_panda.md): ground truth plus knowledge distilled from a
+target-like teacher.
 
     L = CE(z_s, y) + c * lambda * KD(z_s, z_t)          (weighted, the released code: c = 0.1, lambda = --beta)
     L = (1 - lambda) * CE(z_s, y) + lambda * KD(z_s, z_t)   (interpolated, an unverified reading of the paper)

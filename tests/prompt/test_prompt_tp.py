@@ -14,11 +14,11 @@ def _loss_and_grads(tp, spm_path, data_file, prompt_type):
     from megatron_vega.data.tokenizer import VegaTokenizer
     from megatron_vega.finetune.config import FinetuneRun, OptimConfig, SiftConfig, TaskConfig
     from megatron_vega.finetune.features import TextEncoder, collate, make_samples
+    from megatron_vega.finetune.prompt_tuning import attach_prompt
     from megatron_vega.finetune.task_model import build_task_model
     from megatron_vega.finetune.trainer import Finetuner
     from megatron_vega.model.build import transformer_config
     from megatron_vega.prompt.config import PromptConfig
-    from megatron_vega.finetune.prompt_tuning import attach_prompt
     from megatron_vega.superglue.formats import build_instances
     from megatron_vega.superglue.readers import read_examples
 
