@@ -1,6 +1,6 @@
-"""The fine-tuning loop: encoder + head in megatron-core DDP, its Adam optimizer (weight decay, clipping), a
-linear warm-up/decay OptimizerParamScheduler, epochs over rank-sliced batches, dev evaluation after every epoch
-and the best-dev weights kept in memory.
+"""The fine-tuning loop: encoder + head in megatron-core DDP, pretraining's Adam and learning-rate schedule
+(``training/optimizer.py``: weight decay, clipping, linear warm-up and decay), epochs over rank-sliced batches, dev
+evaluation after every epoch and the best-dev weights kept in memory.
 
 Tensor parallelism lives in the model; data parallelism is DDP plus the Megatron sampler layout (each global
 batch cut into micro-batches, rank r reading the r-th slice of each). Pipeline parallelism is not supported:
