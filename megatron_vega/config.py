@@ -42,6 +42,11 @@ class ModelConfig:
     init_method_std: float = option(0.02, "Std of the normal weight initialisation (may differ from a loaded "
                                           "checkpoint's).")
     pad_token_id: int = option(0, "Padding token id (HF pad_token_id).")
+    # A run setting: which kernel computes attention, not what the weights compute (choices: ops/attention's registry)
+    attention_backend: str = option("auto", "Attention core, chosen once when the model is built: auto (the fastest "
+                                            "that runs this device and dtype), sdpa (torch SDPA) or cpu (the "
+                                            "hand-written CPU core). See docs/attention.md.",
+                                    choices=["auto", "sdpa", "cpu"])
 
     def __post_init__(self):
         if self.kv_channels is None:
@@ -71,7 +76,14 @@ class ModelConfig:
 
 # Model fields that are run settings, not the model itself: an explicit flag may replace a loaded checkpoint's value.
 # Every other field changes a tensor's shape or the function the weights compute, so it must agree.
-LOAD_OVERRIDABLE = frozenset({"hidden_dropout", "attention_dropout", "init_method_std"})
+LOAD_OVERRIDABLE = frozenset({"hidden_dropout", "attention_dropout", "init_method_std", "attention_backend"})
+# Run settings a loaded checkpoint does not pass on: the kernel a run used says nothing about the next run's machine.
+NOT_INHERITED = frozenset({"attention_backend"})
+
+
+def inherited(saved: dict) -> dict:
+    """A saved model config without the settings the run that loads it chooses for itself (NOT_INHERITED)."""
+    return {k: v for k, v in saved.items() if k not in NOT_INHERITED}
 
 PRESETS: dict[str, dict] = {
     # Small enough for multi-process CPU tests; buckets < typical test lengths so log buckets are exercised.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_vega.config import ModelConfig, ParallelConfig
+from megatron_vega.config import ModelConfig, ParallelConfig, inherited
 from megatron_vega.convert import finetuned
 from megatron_vega.convert.hf_mapping import (
     MLM_HEAD_KEYS,
@@ -62,7 +62,7 @@ def _spawned(rank, world, init_method, fn, args):
 
 def model_config_of(load: str, iteration: int | None = None) -> ModelConfig:
     from megatron_vega.training.checkpointing import read_extra
-    return ModelConfig(**read_extra(load, iteration)["config"]["model"])
+    return ModelConfig(**inherited(read_extra(load, iteration)["config"]["model"]))
 
 
 def _build(cfg: ModelConfig, tp: int = 1, pp: int = 1):
