@@ -183,6 +183,7 @@ def verify_hf_dir(load: str, out: str, iteration: int | None = None) -> str:
 def _verify_rank(load, out, iteration, diffs):
     from transformers import DebertaV2ForMaskedLM
 
+    from megatron_vega.model.attention_inputs import AttentionInputs
     from megatron_vega.training.checkpointing import load as load_checkpoint
     cfg = model_config_of(load, iteration)
     [model] = _build(cfg)
@@ -194,7 +195,7 @@ def _verify_rank(load, out, iteration, diffs):
     mask[1, 30:] = 0
     model.eval()
     with torch.no_grad():
-        ours = model(ids * mask, mask)[..., :cfg.vocab_size].transpose(0, 1)
+        ours = model(ids * mask, AttentionInputs(mask))[..., :cfg.vocab_size].transpose(0, 1)
         theirs = hf(input_ids=ids * mask, attention_mask=mask).logits
     diffs.append((ours - theirs).abs().max().item())
 

@@ -20,6 +20,7 @@ from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_para
 
 from megatron_vega import runtime
 from megatron_vega.finetune.features import collate
+from megatron_vega.model.attention_inputs import AttentionInputs
 
 METRICS = ("cosine", "overlap")
 CENTERS = ("none", "backbone")
@@ -47,7 +48,7 @@ def task_embedding(encoder, prompt, samples, pad_id: int, micro_batch_size: int)
             batch = collate(samples[start:start + micro_batch_size], pad_id)
             batch = {k: v.to(runtime.device()) for k, v in batch.items()}
             if prompt is None:
-                encoder(batch["tokens"], batch["padding_mask"])
+                encoder(batch["tokens"], AttentionInputs.from_batch(batch))
             else:
                 prompt.eval()(encoder, batch)
             rows += batch["tokens"].shape[0]
