@@ -22,8 +22,9 @@ BACKENDS = ("auto", *CORES)
 _chosen: dict[str, None] = {}  # the cores this process has built models with, in order (for kernels.describe)
 
 
-def select_core(backend: str, device, dtype: torch.dtype):
-    """The core for ``--attention-backend`` on this device and parameter dtype; VegaInputError if it cannot run."""
+def select_core(backend: str, device, dtype: torch.dtype, record: bool = True):
+    """The core for ``--attention-backend`` on this device and parameter dtype; VegaInputError if it cannot run.
+    ``record``: a model is built with it (reported by chosen_cores)."""
     device = torch.device(device)
     if backend == "auto":
         core = next(c for c in CORES.values() if c.support.runs(device, dtype) and c.preferred(device, dtype))
@@ -36,7 +37,8 @@ def select_core(backend: str, device, dtype: torch.dtype):
             raise VegaInputError("--attention-backend", f"{backend} does not run on {device.type} in "
                                                         f"{str(dtype).removeprefix('torch.')}; choose from auto, "
                                                         f"{', '.join(able)}")
-    _chosen[core.name] = None
+    if record:
+        _chosen[core.name] = None
     return core
 
 

@@ -71,7 +71,7 @@ def test_matches_the_gather_formulation_in_float64(chunking, case):
     out = _CpuAttention.apply(*args, index, mask, 0.0, scale, True)
     grads = torch.autograd.grad(out, leaves, grad)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
 
 
@@ -103,7 +103,7 @@ def test_fp32_dropout_equals_the_reference_with_the_same_mask(chunking):
         patch.setattr(F, "dropout", dropout)
         ref = reference(qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask, p, scale, prefix)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
-    for g, r in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, leaves, grad)):
+    for g, r in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, leaves, grad), strict=True):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-5)
 
 
