@@ -71,3 +71,9 @@ def test_the_flag_offers_the_registry():
     assert set(ATTENTION_BACKENDS) == set(BACKENDS)
     with pytest.raises(VegaInputError, match="--attention-backend: unknown core 'triton'"):
         model_preset("tiny", attention_backend="triton")
+
+
+def test_the_kernel_line_names_the_core_a_model_was_built_with():
+    from megatron_vega.ops import kernels
+    select_core("sdpa", "cpu", torch.float32)
+    assert "core sdpa" in kernels.describe()
