@@ -37,7 +37,8 @@ def describe() -> str:
     from megatron_vega.ops.attention import chosen_cores, select_core
     norm = _fused_layernorm_cls()
     norm_name = "torch" if norm is None else f"{norm.__module__.split('.')[0]} {norm.__name__}"
-    cores = chosen_cores() or [f"{select_core('auto', runtime.device(), torch.float32, record=False).name} (auto, fp32)"]
+    auto = select_core("auto", runtime.device(), torch.float32, record=False)
+    cores = chosen_cores() or [f"{auto.name} (auto, fp32)"]
     attention = " + ".join(f"core {name}" for name in cores)
     gemm = "; ".join(f"{name} GEMMs " + ("native" if runtime.low_precision_gemm_native(dtype) else
                                          "in fp32 (no matrix units for it)")
