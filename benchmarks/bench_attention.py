@@ -3,13 +3,13 @@
 Candidates (same work: Q/K/V projections, relative-table projections, c2c + c2p + p2c scores, masked softmax,
 dropout, PV, output projection):
   * ``ours``: megatron_vega.model.attention.DisentangledSelfAttention (fused QKV, ColumnParallel/RowParallel at TP=1;
-    on CPU the chunked core of attention.py (_CpuAttention; bf16 computed in fp32 where the CPU has no bf16
-    matrix units), else c2p/p2c gathered into one bias for SDPA),
-    input [s, b, H].
+    the attention core ``--attention-backend auto`` picks: on CPU the chunked core of ops/attention/cpu.py (bf16
+    computed in fp32 where the CPU has no bf16 matrix units), else ops/attention/sdpa.py, c2p/p2c gathered into one
+    bias for SDPA), input [s, b, H].
   * ``hf``: transformers' DisentangledSelfAttention followed by an nn.Linear(H, H) (the output dense that HF keeps in
     DebertaV2SelfOutput and ours keeps in the module), input [b, s, H].
-  * ``ours_core``: the function ``disentangled_attention`` alone on precomputed q, k, v (views of one fused
-    tensor, as in the module) and position tables (informational: how much of ours is the score/softmax core).
+  * ``ours_core``: that attention core alone on precomputed q, k, v (views of one fused tensor, as in the module)
+    and position tables (informational: how much of ours is the score/softmax core).
 The relative index, the pairwise mask and the LayerNorm'd relative table are built once outside the timed call,
 as each encoder does once per forward. Precision options as in bench_step.py.
 """
@@ -120,8 +120,9 @@ def build_ours(cfg, args, x):
 
 
 def build_ours_core(cfg, args, x):
-    from megatron_vega.model.attention import disentangled_attention
+    from megatron_vega.ops.attention import select_core
     tc, dt, weights, index, mask_bias = _ours_setup(cfg, args)
+    core = select_core(cfg.attention_backend, runtime.device(), dt)
     b, s, heads, d, span2 = args.batch, args.seq, cfg.num_attention_heads, cfg.kv_channels, 2 * cfg.attention_span
     gen = torch.Generator().manual_seed(args.seed)
     # Q/K/V as the module has them: views of the fused projection's [s, b, heads, 3, d] output
@@ -134,8 +135,7 @@ def build_ours_core(cfg, args, x):
     def call():
         qkv = fused.permute(3, 1, 2, 0, 4)  # [3, b, heads, s, d]
         with autocast(use_autocast):
-            out = disentangled_attention(qkv[0], qkv[1], qkv[2], pk, pq, index, mask_bias, cfg.attention_dropout,
-                                         scale, qkv=qkv)
+            out = core(qkv, None, None, pk * scale, pq * scale, index, mask_bias, cfg.attention_dropout, scale)
         out.backward(grad.to(out.dtype))
         for t in (fused, pk, pq):
             t.grad = None

@@ -160,6 +160,7 @@ def build_hf(cfg, args, batch):
 def build_ours(cfg, args, batch):
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
+    from megatron_vega.model.attention_inputs import AttentionInputs
     from megatron_vega.model.build import build_model, transformer_config
     from megatron_vega.model.weights import init_weights
     runtime.init_distributed()
@@ -174,7 +175,7 @@ def build_ours(cfg, args, batch):
     def step():
         opt.zero_grad()
         with autocast(use_autocast):
-            logits = model(batch["tokens"], batch["padding"], lm_positions=batch["lm_positions"])
+            logits = model(batch["tokens"], AttentionInputs(batch["padding"]), lm_positions=batch["lm_positions"])
         loss = vocab_parallel_cross_entropy(logits.float(), batch["lm_labels"]).mean()
         loss.backward()
         opt.step()

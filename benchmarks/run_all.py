@@ -202,10 +202,11 @@ def render(record, peaks, slow_bf16, results, profile, planned, quick) -> str:
                  f"GFLOP/token, {r['repeats']} timed repeat(s)")
         out += [f"### {shape}", "", f"`{r['command']}`", "", peak_line(r), "", bench_step.table(r), ""]
     out += ["## Disentangled attention alone (forward + backward)", "",
-            "Ours: `DisentangledSelfAttention` module (fused QKV; on CPU the chunked `_CpuAttention` core, in fp32 "
-            "also for bf16 where the CPU has no bf16 matrix units; on GPU c2p/p2c gathered into one bias for SDPA). HF: its "
-            "`DisentangledSelfAttention` + an output `nn.Linear` (ours' module includes the output projection). "
-            "`ours_core`: the `disentangled_attention` function alone on precomputed Q/K/V and position tables.", ""]
+            "Ours: `DisentangledSelfAttention` module (fused QKV; on CPU the chunked `ops/attention/cpu.py` core, "
+            "in fp32 also for bf16 where the CPU has no bf16 matrix units; on GPU c2p/p2c gathered into one bias for "
+            "SDPA). HF: its `DisentangledSelfAttention` + an output `nn.Linear` (ours' module includes the output "
+            "projection). `ours_core`: the selected attention core alone on precomputed Q/K/V and position tables.",
+            ""]
     for r in attn_res:
         out += [f"### base {r['dtype']}{' (REDUCED SHAPE)' if r.get('reduced') else ''}: batch {r['batch']} x seq "
                 f"{r['seq']}, {r['module_gflop']:.1f} GFLOP per call", "", f"`{r['command']}`", "",
@@ -301,7 +302,7 @@ NOTES = """\
   its own, four 15-bit lanes per 64-bit draw (~1.5 ns per element; p on a 2^-15 grid, the scale matched to it).
   The hidden-state dropouts use the same draw (`ops/dropout.py`: 0.37 s -> 0.12 s of a large batch-1 step);
   all of HF's dropouts use `bernoulli_`.
-- **Attention core on CPU (fp32).** `_CpuAttention` in `model/attention.py` works in chunks of 2 heads of one
+- **Attention core on CPU (fp32).** `_CpuAttention` in `ops/attention/cpu.py` works in chunks of 2 heads of one
   sequence on single-threaded workers: c2p gathered straight into the score buffer, p2c added transposed, mask,
   `baddbmm_`, in-place softmax, dropout with a uint8 mask, PV, and a hand-written backward. Most of its gain over HF
   is allocation: HF allocates fresh 50 MB score tensors (page faults, kernel zeroing, ~0.9 s of sys time per call);

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from megatron_vega.cli import option
 from megatron_vega.errors import VegaInputError
 
+# The names of ops/attention's registry (a test keeps them equal), listed here so that the config stays torch-free.
+ATTENTION_BACKENDS = ("auto", "sdpa", "cpu")
+
 
 @dataclass
 class ModelConfig:
@@ -42,8 +45,16 @@ class ModelConfig:
     init_method_std: float = option(0.02, "Std of the normal weight initialisation (may differ from a loaded "
                                           "checkpoint's).")
     pad_token_id: int = option(0, "Padding token id (HF pad_token_id).")
+    # A run setting: which kernel computes attention, not what the weights compute. Checked here (not by argparse
+    # choices) so that a wrong name is a one-line error like a core that cannot run this device.
+    attention_backend: str = option("auto", "Attention core, chosen once when the model is built: auto (the fastest "
+                                            "that runs this device and dtype), sdpa (torch SDPA, any device) or cpu "
+                                            "(the hand-written CPU core). See docs/attention.md.")
 
     def __post_init__(self):
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise VegaInputError("--attention-backend", f"unknown core {self.attention_backend!r}; choose from "
+                                                        f"{', '.join(ATTENTION_BACKENDS)}")
         if self.kv_channels is None:
             self.kv_channels = self.hidden_size // self.num_attention_heads
         if self.ffn_hidden_size is None:
@@ -71,7 +82,14 @@ class ModelConfig:
 
 # Model fields that are run settings, not the model itself: an explicit flag may replace a loaded checkpoint's value.
 # Every other field changes a tensor's shape or the function the weights compute, so it must agree.
-LOAD_OVERRIDABLE = frozenset({"hidden_dropout", "attention_dropout", "init_method_std"})
+LOAD_OVERRIDABLE = frozenset({"hidden_dropout", "attention_dropout", "init_method_std", "attention_backend"})
+# Run settings a loaded checkpoint does not pass on: the kernel a run used says nothing about the next run's machine.
+NOT_INHERITED = frozenset({"attention_backend"})
+
+
+def inherited(saved: dict) -> dict:
+    """A saved model config without the settings the run that loads it chooses for itself (NOT_INHERITED)."""
+    return {k: v for k, v in saved.items() if k not in NOT_INHERITED}
 
 PRESETS: dict[str, dict] = {
     # Small enough for multi-process CPU tests; buckets < typical test lengths so log buckets are exercised.

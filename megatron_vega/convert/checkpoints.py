@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_vega.config import ModelConfig, ParallelConfig
+from megatron_vega.config import ModelConfig, ParallelConfig, inherited
 from megatron_vega.convert import finetuned
 from megatron_vega.convert.hf_mapping import (
     MLM_HEAD_KEYS,
@@ -62,7 +62,7 @@ def _spawned(rank, world, init_method, fn, args):
 
 def model_config_of(load: str, iteration: int | None = None) -> ModelConfig:
     from megatron_vega.training.checkpointing import read_extra
-    return ModelConfig(**read_extra(load, iteration)["config"]["model"])
+    return ModelConfig(**inherited(read_extra(load, iteration)["config"]["model"]))
 
 
 def _build(cfg: ModelConfig, tp: int = 1, pp: int = 1):
@@ -183,6 +183,7 @@ def verify_hf_dir(load: str, out: str, iteration: int | None = None) -> str:
 def _verify_rank(load, out, iteration, diffs):
     from transformers import DebertaV2ForMaskedLM
 
+    from megatron_vega.model.attention_inputs import AttentionInputs
     from megatron_vega.training.checkpointing import load as load_checkpoint
     cfg = model_config_of(load, iteration)
     [model] = _build(cfg)
@@ -194,7 +195,7 @@ def _verify_rank(load, out, iteration, diffs):
     mask[1, 30:] = 0
     model.eval()
     with torch.no_grad():
-        ours = model(ids * mask, mask)[..., :cfg.vocab_size].transpose(0, 1)
+        ours = model(ids * mask, AttentionInputs(mask))[..., :cfg.vocab_size].transpose(0, 1)
         theirs = hf(input_ids=ids * mask, attention_mask=mask).logits
     diffs.append((ours - theirs).abs().max().item())
 

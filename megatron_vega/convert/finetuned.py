@@ -29,6 +29,7 @@ from megatron_vega.convert.hf_tasks import (
     task_config_fields,
 )
 from megatron_vega.errors import VegaInputError
+from megatron_vega.model.attention_inputs import AttentionInputs
 
 DEFAULT_CLS_DROPOUT = 0.1  # finetune_superglue.py's --cls-dropout default, for checkpoints that do not record it
 
@@ -127,7 +128,7 @@ def verify_rank(load: str, meta: dict, out: str, diffs: list) -> None:
             diffs.append({"logit": (ours - theirs.logits).abs().max().item()})
         else:
             states = hf(input_ids=ids, attention_mask=mask).last_hidden_state
-            our_states = model.encoder(ids, mask).transpose(0, 1)
+            our_states = model.encoder(ids, AttentionInputs(mask)).transpose(0, 1)
             real = mask.bool()
             diffs.append({"encoder state": (our_states[real] - states[real]).abs().max().item(),
                           "head logit": (ours - load_span_head(out)(states, spans)).abs().max().item()})

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megatron_vega import runtime
-from megatron_vega.config import ModelConfig, ParallelConfig, model_preset
+from megatron_vega.config import ModelConfig, ParallelConfig, inherited, model_preset
 from megatron_vega.data.tokenizer import VegaTokenizer, check_vocab
 from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune import checkpoint
@@ -44,7 +44,7 @@ def resolve_model(run) -> tuple[ModelConfig, VegaTokenizer, dict]:
         raise VegaInputError("--tokenizer-model", "required (the checkpoint does not name its tokenizer)")
     tokenizer = VegaTokenizer(path)
     if t.load:
-        cfg = ModelConfig(**{**extra["config"]["model"], **dropout})
+        cfg = ModelConfig(**{**inherited(extra["config"]["model"]), **dropout})
         check_vocab(tokenizer, cfg.vocab_size, path)
     else:  # random weights: the embedding simply gets one row per tokenizer id
         cfg = model_preset(run.model_preset, vocab_size=tokenizer.vocab_size, **dropout)

@@ -3,6 +3,7 @@ from megatron.core.transformer.module import MegatronModule
 
 from megatron_vega import runtime
 from megatron_vega.finetune.tasks import build_head
+from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.build import build_model
 from megatron_vega.model.heads import init_head
 from megatron_vega.model.weights import init_weights
@@ -20,7 +21,7 @@ class TaskModel(MegatronModule):
         if self.prompt is not None:
             hidden, batch = self.prompt(self.encoder, batch)
         else:
-            hidden = self.encoder(batch["tokens"], batch["padding_mask"])
+            hidden = self.encoder(batch["tokens"], AttentionInputs.from_batch(batch))
         return self.head(hidden, batch).float()
 
 

@@ -1,4 +1,4 @@
-"""DeBERTa-v2 relative positions: log buckets and the index into the relative-embedding table (method_spec §4.3)."""
+"""DeBERTa-v2 relative positions: log buckets and the index into the relative-embedding table (docs/attention.md)."""
 import functools
 import math
 
@@ -15,12 +15,21 @@ def log_bucket(relative: torch.Tensor, buckets: int, max_position: int) -> torch
     return torch.where(abs_pos <= mid, relative.to(log_pos.dtype), log_pos * sign).long()
 
 
-@functools.lru_cache(maxsize=16)
-def relative_index(seq_len: int, buckets: int, max_position: int, span: int, device: str = "cpu") -> torch.Tensor:
-    """delta(i, j) = clamp(bucket(i - j) + span, 0, 2*span - 1): the row of the relative table that query i uses
-    for key j. The same index serves c2p (indexing position keys) and p2c (indexing position queries)."""
-    pos = torch.arange(seq_len, device=device)
-    rel = pos[:, None] - pos[None, :]
+def index_of_relative(rel: torch.Tensor, buckets: int, max_position: int, span: int) -> torch.Tensor:
+    """delta = clamp(bucket(rel) + span, 0, 2*span - 1) for relative positions rel = pos_i - pos_j, any shape."""
     if buckets > 0:
         rel = log_bucket(rel, buckets, max_position)
     return torch.clamp(rel + span, 0, 2 * span - 1)
+
+
+@functools.lru_cache(maxsize=16)
+def relative_index(seq_len: int, buckets: int, max_position: int, span: int, device: str = "cpu") -> torch.Tensor:
+    """delta(i, j) for positions 0..s-1, [s, s]: the row of the relative table that query i uses for key j. The same
+    index serves c2p (indexing position keys) and p2c (indexing position queries)."""
+    pos = torch.arange(seq_len, device=device)
+    return index_of_relative(pos[:, None] - pos[None, :], buckets, max_position, span)
+
+
+def relative_index_per_sample(position_ids: torch.Tensor, buckets: int, max_position: int, span: int) -> torch.Tensor:
+    """delta(i, j) from each sequence's own positions: position_ids [b, s] (int64) -> [b, s, s]."""
+    return index_of_relative(position_ids[:, :, None] - position_ids[:, None, :], buckets, max_position, span)

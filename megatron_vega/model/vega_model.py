@@ -19,8 +19,8 @@ from megatron.core.transformer.module import MegatronModule
 
 from megatron_vega import runtime
 from megatron_vega.config import ModelConfig
+from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.layer import ConvLayer, VegaLayer, hidden_dropout
-from megatron_vega.model.relative_position import relative_index
 from megatron_vega.ops.kernels import layer_norm
 
 # Padded vocabulary entries get this logit: out of every softmax, yet finite (0 * logit stays 0 in soft-target CE).
@@ -164,29 +164,26 @@ class VegaModel(MegatronModule):
         """[b, s] padding mask -> this rank's [s(/tp), b, 1] multiplicative mask in the model's dtype."""
         return self._local_sequence(padding_mask.t().unsqueeze(-1).to(self.rel_embeddings.weight.dtype))
 
-    def forward(self, tokens, padding_mask, lm_positions=None, prefix=None):
-        """tokens, padding_mask: [b, s]. Returns fp32 vocab-parallel MLM logits on the last stage ([s, b, V/tp], or
-        [n, V/tp] at the flat (s-major) ``lm_positions``), else this chunk's hidden states [s(/tp), b, H].
-        ``prefix`` holds one deep-prompt (keys, values) pair per layer of this chunk."""
-        input_mask = self.input_mask(padding_mask)
+    def forward(self, tokens, attention: AttentionInputs, lm_positions=None):
+        """tokens: [b, s]; ``attention``: the batch's AttentionInputs (padding, masks, positions, deep-prompt prefix
+        for this chunk's layers). Returns fp32 vocab-parallel MLM logits on the last stage ([s, b, V/tp], or
+        [n, V/tp] at the flat (s-major) ``lm_positions``), else this chunk's hidden states [s(/tp), b, H]."""
+        input_mask = self.input_mask(attention.padding_mask)
         if self.pre_process:
             hidden = self.embed(tokens, input_mask)
         else:
             hidden = self.input_tensor
-        hidden = self.encode(hidden, padding_mask, input_mask, prefix)
+        hidden = self.encode(hidden, attention, input_mask)
         if not self.post_process:
             return hidden
         return self.mlm_logits(hidden, lm_positions) if self.has_mlm_head else hidden
 
-    def encode(self, hidden, padding_mask, input_mask, prefix=None):
-        s = padding_mask.shape[1]
+    def encode(self, hidden, attention: AttentionInputs, input_mask):
+        """The layers of this chunk on [s(/tp), b, H]; the attention tensors are expanded once, for all of them."""
         cfg = self.cfg
-        rel_index = relative_index(s, cfg.position_buckets, cfg.max_relative, cfg.attention_span,
-                                   str(padding_mask.device))
-        pair = padding_mask[:, None, :, None] * padding_mask[:, None, None, :]  # [b, 1, s, s], HF's pairwise mask
-        mask_bias = (1.0 - pair.to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        if prefix is not None:  # deep-prompt keys are visible to every query
-            mask_bias = F.pad(mask_bias, (prefix[0][0].shape[2], 0))
+        rel_index = attention.relative_index(cfg.position_buckets, cfg.max_relative, cfg.attention_span)
+        mask_bias = attention.mask_bias(hidden.dtype)
+        prefix = attention.prefix
         rel = self.rel_embeddings.weight
         if self.rel_layernorm is not None:
             rel = self.rel_layernorm(rel)

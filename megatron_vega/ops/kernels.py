@@ -1,4 +1,5 @@
-"""Optional fused kernels: apex / transformer-engine LayerNorm on a GPU when importable, torch otherwise."""
+"""Optional fused kernels: apex / transformer-engine LayerNorm on a GPU when importable, torch otherwise; and the
+one-line description of every kernel choice (the attention core is chosen in ops/attention)."""
 import torch
 
 from megatron_vega.runtime import ON_GPU
@@ -30,11 +31,15 @@ def layer_norm(hidden: int, eps: float, sequence_parallel: bool = False) -> torc
 
 
 def describe() -> str:
-    """One line naming the kernels this process uses, for the training log."""
+    """One line naming the kernels this process uses, for the training log: the attention core(s) its models were
+    built with (before any, what ``auto`` would pick for fp32 here)."""
     from megatron_vega import runtime
+    from megatron_vega.ops.attention import chosen_cores, select_core
     norm = _fused_layernorm_cls()
     norm_name = "torch" if norm is None else f"{norm.__module__.split('.')[0]} {norm.__name__}"
-    attention = "SDPA" if ON_GPU else "hand-written CPU core"
+    auto = select_core("auto", runtime.device(), torch.float32, record=False)
+    cores = chosen_cores() or [f"{auto.name} (auto, fp32)"]
+    attention = " + ".join(f"core {name}" for name in cores)
     gemm = "; ".join(f"{name} GEMMs " + ("native" if runtime.low_precision_gemm_native(dtype) else
                                          "in fp32 (no matrix units for it)")
                      for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)))

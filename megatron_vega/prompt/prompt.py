@@ -6,8 +6,9 @@ backward all-reduces: every rank ends with the full, identical gradient (the pat
 A shallow prompt is a replicated input of the first column-parallel layer, whose backward already all-reduces.
 So the prompt trains like any replicated parameter and is saved as one layout-independent file.
 
-Deep prefixes have no position: their relative-position bias is zero (``model/attention.py``). Shallow prompts
-sit after [CLS] so the heads still read [CLS] at position 0; token spans move right by the prompt length.
+Deep prefixes go to the encoder in its AttentionInputs; they have no position, so their relative-position bias is
+zero (docs/attention.md). Shallow prompts sit after [CLS] so the heads still read [CLS] at position 0; token spans
+move right by the prompt length.
 """
 import math
 
@@ -17,6 +18,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 
 from megatron_vega.model.seeding import name_seeded_generator
+from megatron_vega.model.attention_inputs import AttentionInputs
 
 
 class PromptEncoder(torch.nn.Module):
@@ -75,7 +77,8 @@ class Prompt(torch.nn.Module):
         tokens, mask = batch["tokens"], batch["padding_mask"]
         vectors = self.encoder()
         if self.deep:
-            return encoder(tokens, mask, prefix=self.prefix(vectors, tokens.shape[0])), batch
+            attention = AttentionInputs.from_batch(batch, prefix=self.prefix(vectors, tokens.shape[0]))
+            return encoder(tokens, attention), batch
         b = tokens.shape[0]
         prompt = vectors[:, None, :].expand(self.length, b, -1)
 
@@ -83,8 +86,11 @@ class Prompt(torch.nn.Module):
             return torch.cat([words[:1], prompt.to(words.dtype), words[1:]], dim=0)
 
         mask = torch.cat([mask[:, :1], mask.new_ones(b, self.length), mask[:, 1:]], dim=1)
+        # the prompt lengthens the sequence: masks or positions given for the batch's tokens would not fit it
+        if any(batch.get(key) is not None for key in AttentionInputs.BATCH_KEYS):
+            raise NotImplementedError("a shallow prompt with attention masks or position ids")
         with encoder.embedding_hook(after_cls):
-            hidden = encoder(tokens, mask)
+            hidden = encoder(tokens, AttentionInputs(mask))
         batch = {**batch, "padding_mask": mask}
         if "spans" in batch:  # (sequence, start, end); a span truncated away points at [CLS] and stays there
             spans = batch["spans"].clone()

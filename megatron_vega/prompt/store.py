@@ -13,6 +13,7 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
 from megatron_vega.errors import VegaInputError
+from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.prompt.prompt import Prompt
 
 FORMAT = "megatron_vega.prompt/1"
@@ -56,7 +57,7 @@ def real_word_prefix(encoder, ids: list[int], cls_id: int, sep_id: int) -> torch
     was_training = encoder.training
     encoder.eval()
     try:
-        encoder(tokens, torch.ones_like(tokens))
+        encoder(tokens, AttentionInputs(torch.ones_like(tokens)))
     finally:
         encoder.train(was_training)
         for h in hooks:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
 from megatron_vega import runtime
+from megatron_vega.model.attention_inputs import AttentionInputs
 
 METRICS = ("cosine", "overlap")
 CENTERS = ("none", "backbone")
@@ -46,7 +47,7 @@ def task_embedding(encoder, prompt, batches) -> torch.Tensor:
         for batch in batches:
             batch = {k: v.to(runtime.device()) for k, v in batch.items()}
             if prompt is None:
-                encoder(batch["tokens"], batch["padding_mask"])
+                encoder(batch["tokens"], AttentionInputs.from_batch(batch))
             else:
                 prompt.eval()(encoder, batch)
             rows += batch["tokens"].shape[0]

@@ -20,6 +20,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_vega.cli import option
+from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.selfevolution.neglected_index import candidates, merge, select_neglected, write_index
 from megatron_vega.training.batches import broadcast_batch, host_batch
 
@@ -55,7 +56,7 @@ class Miner:
 
     def _forward_step(self, results, data_iterator, model):
         batch = next(data_iterator)
-        output = model(batch["labels"], batch["padding_mask"], lm_positions=batch["lm_positions"])
+        output = model(batch["labels"], AttentionInputs.from_batch(batch), lm_positions=batch["lm_positions"])
 
         def collect(logits):
             nll, correct = _per_token_stats(logits, batch["labels"].t().reshape(-1)[batch["lm_positions"]])

@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from megatron_vega.cli import flag_name
-from megatron_vega.config import LOAD_OVERRIDABLE, PRESETS, ModelConfig, model_preset
+from megatron_vega.config import LOAD_OVERRIDABLE, PRESETS, ModelConfig, inherited, model_preset
 from megatron_vega.errors import VegaInputError
 
 _FLAGS = {f.name: flag_name(f) for f in fields(ModelConfig)}
@@ -60,7 +60,7 @@ def resolve_model(preset: str | None, explicit: dict, checkpoint, tokenizer, dry
                                                  f"leave --vocab-size out to use the tokenizer's size")
         return cfg
     _check_agreement(preset, explicit, ModelConfig(**saved), load, with_tokenizer=ids is not None)
-    cfg = ModelConfig(**{**saved, **{k: v for k, v in explicit.items() if k in LOAD_OVERRIDABLE}})
+    cfg = ModelConfig(**{**inherited(saved), **{k: v for k, v in explicit.items() if k in LOAD_OVERRIDABLE}})
     if ids is not None and ids > cfg.vocab_size:
         raise VegaInputError("--tokenizer-model", f"{tokenizer.path} has {ids} ids but the checkpoint in {load} has "
                                                   f"a vocabulary of {cfg.vocab_size}; use the tokenizer it was "

@@ -2,6 +2,7 @@
 import torch
 import torch.nn.functional as F
 
+from megatron_vega.model.attention_inputs import AttentionInputs
 from tests.model.helpers import hf_reference, padded_batch, tiny_config, vega_from_hf
 
 
@@ -12,7 +13,7 @@ def test_bf16_loss_close_to_fp32(single_process):
     labels = torch.where(mask.bool(), ids, -100).t().flatten()
 
     def loss():
-        logits = model(ids, mask).flatten(0, 1)
+        logits = model(ids, AttentionInputs(mask)).flatten(0, 1)
         return F.cross_entropy(logits, labels, ignore_index=-100)
 
     with torch.no_grad():

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from megatron_vega.convert.hf_mapping import to_hf
+from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.weights import gather_full_state_dict
 from tests.model.helpers import hf_reference, padded_batch, tiny_config, vega_from_hf
 
@@ -20,9 +21,9 @@ def test_hidden_states_and_logits_match_hf(single_process, overrides):
     ids, mask = padded_batch(cfg.vocab_size)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        logits = model(ids, mask)[..., :cfg.vocab_size].transpose(0, 1)
+        logits = model(ids, AttentionInputs(mask))[..., :cfg.vocab_size].transpose(0, 1)
         input_mask = mask.t().unsqueeze(-1).float()
-        hidden = model.encode(model.embed(ids, input_mask), mask, input_mask).transpose(0, 1)
+        hidden = model.encode(model.embed(ids, input_mask), AttentionInputs(mask), input_mask).transpose(0, 1)
     hidden_diff = (hidden - ref.hidden_states[-1]).abs().max().item()
     logit_diff = (logits - ref.logits).abs().max().item()
     print(f"{overrides}: max |hidden diff| {hidden_diff:.2e}, max |logit diff| {logit_diff:.2e}")
@@ -51,6 +52,6 @@ def test_masked_positions_give_the_same_logits_as_the_full_output(single_process
     ids, mask = padded_batch(cfg.vocab_size)
     positions = torch.tensor([0, 5, 17, 100, 150])  # flat s-major indices into [s*b]
     with torch.no_grad():
-        full = model(ids, mask).flatten(0, 1)
-        picked = model(ids, mask, lm_positions=positions)
+        full = model(ids, AttentionInputs(mask)).flatten(0, 1)
+        picked = model(ids, AttentionInputs(mask), lm_positions=positions)
     assert torch.allclose(full[positions], picked, atol=1e-6)

@@ -7,6 +7,7 @@ from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_vega import runtime
 from megatron_vega.convert.hf_mapping import from_hf
+from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.weights import gather_full_state_dict
 from tests.distributed import spawn
 from tests.model.helpers import hf_reference, padded_batch, tiny_config, vega_from_hf
@@ -20,7 +21,7 @@ def _step(cfg, hf, tp, sequence_parallel=False, recompute=None):
     ids, mask = padded_batch(cfg.vocab_size, seq=72)
     flat_mask = mask.t().flatten()
     positions = torch.nonzero(flat_mask).squeeze(1)[::3]
-    logits = model(ids, mask, lm_positions=positions)
+    logits = model(ids, AttentionInputs(mask), lm_positions=positions)
     labels = ids.t().flatten()[positions]
     loss = vocab_parallel_cross_entropy(logits, labels).mean()
     loss.backward()

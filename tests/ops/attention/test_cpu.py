@@ -1,4 +1,4 @@
-"""The hand-written fp32 CPU attention core (attention._CpuAttention) against the plain formulation: c2p/p2c by
+"""The hand-written fp32 CPU attention core (ops/attention/cpu.py) against the plain formulation: c2p/p2c by
 torch.gather on expanded indices, softmax, dropout, autograd doing the backward."""
 import math
 
@@ -6,12 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_vega.model import attention
-from megatron_vega.model.attention import _CpuAttention, disentangled_attention, relative_bias
 from megatron_vega.model.relative_position import relative_index
+from megatron_vega.ops.attention.cpu import CpuCore, _CpuAttention
+from megatron_vega.ops.attention.sdpa import relative_bias
 from megatron_vega.ops.dropout import dropout_grid
 
 B, H, S, D, SPAN = 2, 3, 12, 4, 4  # S > SPAN / 2: the log-bucketed part of the index is exercised
+
+
+def disentangled_attention(q, k, v, pos_key, pos_query, index, mask, dropout_p, scale, prefix=None, qkv=None):
+    """The core as the model calls it (tables scaled by the model)."""
+    scaled = lambda t: None if t is None else t * scale  # noqa: E731
+    return CpuCore()(qkv, *(prefix or (None, None)), scaled(pos_key), scaled(pos_query), index, mask, dropout_p, scale)
 
 
 def reference(q, k, v, pos_key, pos_query, index, mask, dropout_p, scale, prefix=None):
@@ -65,7 +71,7 @@ def test_matches_the_gather_formulation_in_float64(chunking, case):
     out = _CpuAttention.apply(*args, index, mask, 0.0, scale, True)
     grads = torch.autograd.grad(out, leaves, grad)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
 
 
@@ -97,7 +103,7 @@ def test_fp32_dropout_equals_the_reference_with_the_same_mask(chunking):
         patch.setattr(F, "dropout", dropout)
         ref = reference(qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask, p, scale, prefix)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
-    for g, r in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, leaves, grad)):
+    for g, r in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, leaves, grad), strict=True):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-5)
 
 
@@ -121,5 +127,5 @@ def test_no_grad_forward_equals_the_training_forward(chunking):
     qkv = fused.permute(3, 1, 2, 0, 4)
     args = (qkv[0], qkv[1], qkv[2], pos_key, pos_query, index, mask, 0.0, 0.3)
     with torch.no_grad():
-        inference = attention.disentangled_attention(*args, qkv=qkv)
-    assert torch.equal(inference, attention.disentangled_attention(*args, qkv=qkv))
+        inference = disentangled_attention(*args, qkv=qkv)
+    assert torch.equal(inference, disentangled_attention(*args, qkv=qkv))
