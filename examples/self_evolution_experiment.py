@@ -132,9 +132,9 @@ def equal_compute_steps(run, se_steps: int, index) -> tuple[int, dict]:
 def measure(args, data, spm, ckpt: str, nll_index: dict) -> dict:
     """Mean NLL at the mined positions of the sampled blocks, and validation MLM loss, of the weights in ckpt."""
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
-    from megatron_vega.selfevolution.stage1 import mean_nll_on_index
     from megatron_vega.data.tokenizer import vocabulary
     from megatron_vega.objectives.pretrain import build_trainer
+    from megatron_vega.selfevolution.stage1 import mean_nll_on_index
     run = make_run(args, data, spm, 1, load=ckpt)
     mined_nll = mean_nll_on_index(run, nll_index)
     valid = build_mlm_datasets(run.data, vocabulary(run), PLM_SEED)[1]
@@ -198,9 +198,9 @@ def main(argv=None) -> None:
         return
     if args.hidden_size % 64:
         fail("--hidden-size", f"must be a multiple of 64, got {args.hidden_size}")
+    from megatron_vega.objectives.pretrain import pretrain
     from megatron_vega.selfevolution.neglected_index import NeglectedIndex
     from megatron_vega.selfevolution.stage1 import MiningConfig, mine
-    from megatron_vega.objectives.pretrain import pretrain
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"
