@@ -10,6 +10,7 @@ a bare ``DebertaV2Model`` has no ``deberta.`` prefix, and the default ``legacy: 
 import torch
 
 from megatron_vega.config import ModelConfig
+from megatron_vega.training.flops import count_parameters  # noqa: F401  (the HF model's size)
 
 _LAYER = {  # per-layer renames (ours -> HF), apart from the fused QKV
     "attention.linear_proj": "attention.output.dense",
@@ -159,21 +160,6 @@ def from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Te
                                for p in ("query_proj", "key_proj", "value_proj")], dim=1)
         out[f"layers.{idx}.attention.linear_qkv.{kind}"] = stacked.reshape(3 * heads * d, *stacked.shape[3:])
     return out
-
-
-def count_parameters(cfg: ModelConfig) -> int:
-    """Parameters of the equivalent HF DebertaV2ForMaskedLM (unpadded vocabulary, tied output counted once)."""
-    h, f, proj, v = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads * cfg.kv_channels, cfg.vocab_size
-    c2p, p2c = cfg.pos_terms
-    attn = 3 * (h * proj + proj) + (proj * h + h)
-    if not cfg.share_att_key:
-        attn += (c2p + p2c) * (h * proj + proj)
-    layer = attn + 2 * h + (h * f + f) + (f * h + h) + 2 * h
-    total = cfg.num_layers * layer + v * h + 2 * h  # layers, word embeddings + LN
-    total += 2 * cfg.attention_span * h + (2 * h if cfg.norm_rel_ebd else 0)
-    if cfg.conv_kernel_size > 0:
-        total += h * h * cfg.conv_kernel_size + h + 2 * h
-    return total + (h * h + h) + 2 * h + v  # MLM head: dense, LN, bias
 
 
 def model_config_from_hf(hf: dict) -> dict:

@@ -1,8 +1,7 @@
 """--dry-run: validate a layout for any world size in one process and print what it costs."""
-from megatron_vega.convert.hf_mapping import count_parameters
 from megatron_vega.data.sampler import check_batch_sizes, check_interleaved_microbatches
 from megatron_vega.errors import VegaInputError
-from megatron_vega.training.flops import memory_per_rank, train_flops_per_token
+from megatron_vega.training.flops import count_parameters, memory_per_rank, train_flops_per_token
 
 
 def dry_run(run, world: int) -> dict:

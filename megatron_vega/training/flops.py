@@ -38,6 +38,21 @@ def train_flops_per_token(cfg: ModelConfig, seq_length: int, predicted_fraction:
     return (4.0 if reference_forward else 3.0) * fwd
 
 
+def count_parameters(cfg: ModelConfig) -> int:
+    """Parameters of the equivalent HF DebertaV2ForMaskedLM (unpadded vocabulary, tied output counted once)."""
+    h, f, proj, v = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads * cfg.kv_channels, cfg.vocab_size
+    c2p, p2c = cfg.pos_terms
+    attn = 3 * (h * proj + proj) + (proj * h + h)
+    if not cfg.share_att_key:
+        attn += (c2p + p2c) * (h * proj + proj)
+    layer = attn + 2 * h + (h * f + f) + (f * h + h) + 2 * h
+    total = cfg.num_layers * layer + v * h + 2 * h  # layers, word embeddings + LN
+    total += 2 * cfg.attention_span * h + (2 * h if cfg.norm_rel_ebd else 0)
+    if cfg.conv_kernel_size > 0:
+        total += h * h * cfg.conv_kernel_size + h + 2 * h
+    return total + (h * h + h) + 2 * h + v  # MLM head: dense, LN, bias
+
+
 def params_per_rank(cfg: ModelConfig, par: ParallelConfig) -> int:
     """Parameters held by the most loaded rank (first pipeline stage: embeddings + its layers)."""
     h, f, p = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads * cfg.kv_channels

@@ -4,10 +4,10 @@ The arithmetic is flops.py's (train_flops_per_token, recompute_flops_per_token, 
 rules are ParallelConfig.validate's and the sampler's; this module only enumerates, ranks and formats.
 """
 from megatron_vega.config import ModelConfig, ParallelConfig
-from megatron_vega.convert.hf_mapping import count_parameters
 from megatron_vega.data.sampler import check_batch_sizes
 from megatron_vega.errors import VegaInputError
-from megatron_vega.training.flops import memory_per_rank, recompute_flops_per_token, train_flops_per_token
+from megatron_vega.training.flops import (count_parameters, memory_per_rank, recompute_flops_per_token,
+                                          train_flops_per_token)
 
 # Memory as nvidia-smi reports it (GiB) and the dense bf16/fp16 tensor-core peak (TFLOP/s, SXM parts).
 GPUS = {
