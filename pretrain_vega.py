@@ -1,11 +1,12 @@
-"""Pretrain a Vega encoder with MLM: `torchrun --nproc_per_node N pretrain_vega.py [Megatron flags]`.
+"""Pretrain a Vega encoder: `torchrun --nproc_per_node N pretrain_vega.py [Megatron flags]`, with the
+--objective of choice (MLM, self-evolution, any registered one: megatron_vega/objectives/).
 
 Tensor, pipeline (1F1B / interleaved) and data parallelism on megatron-core; bf16 / fp16; dist checkpoints that
 reshard and resume; --mock-data trains without files, --dry-run checks a layout for any WORLD_SIZE.
 """
 from megatron_vega.config import world_size
 from megatron_vega.errors import exit_on_input_error
-from megatron_vega.training.arguments import build_parser, run_config
+from megatron_vega.objectives.arguments import build_parser, run_config
 
 
 def main(argv=None) -> None:
@@ -17,7 +18,7 @@ def main(argv=None) -> None:
             from megatron_vega.training.dry_run import dry_run
             dry_run(run, world_size())
             return
-        from megatron_vega.training.pretrain import pretrain
+        from megatron_vega.objectives.pretrain import pretrain
         pretrain(run)
 
 

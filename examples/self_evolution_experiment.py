@@ -89,7 +89,8 @@ def make_run(args, data, spm, steps, save=None, load=None, seed=PLM_SEED, lr=Non
                     checkpoint=CheckpointConfig(save=save, load=load, finetune=load is not None),
                     logging=LoggingConfig(log_interval=max(steps // 10, 1), peak_tflops=1.0),
                     data=DataConfig(data_path=data, tokenizer_model=spm, seq_length=SEQ, split="95,5,0"))
-    return replace(run, objective=replace(run.objective, **objective)) if objective else run
+    from megatron_vega.objectives.arguments import objective_config
+    return replace(run, objective=objective_config(**objective)) if objective else run
 
 
 def pretrain_steps(args, data, spm) -> int:
@@ -97,11 +98,11 @@ def pretrain_steps(args, data, spm) -> int:
     if args.pretrain_steps:
         return args.pretrain_steps
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
-    from megatron_vega.training.pretrain import vocabulary
-    from megatron_vega.training.trainer import Trainer
+    from megatron_vega.data.tokenizer import vocabulary
+    from megatron_vega.objectives.pretrain import build_trainer
     run = make_run(args, data, spm, 10_000)
     train_ds = build_mlm_datasets(run.data, vocabulary(run), run.train.seed)[0]
-    trainer = Trainer(run)
+    trainer = build_trainer(run)
     for _ in range(2):  # warm-up: allocator, first-call overheads
         trainer.train_step(train_ds)
     start, timed = time.perf_counter(), 4
@@ -130,15 +131,15 @@ def equal_compute_steps(run, se_steps: int, index) -> tuple[int, dict]:
 def measure(args, data, spm, ckpt: str, nll_index: dict) -> dict:
     """Mean NLL at the mined positions of the sampled blocks, and validation MLM loss, of the weights in ckpt."""
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
+    from megatron_vega.data.tokenizer import vocabulary
+    from megatron_vega.objectives.pretrain import build_trainer
     from megatron_vega.selfevolution.stage1 import mean_nll_on_index
-    from megatron_vega.training.pretrain import vocabulary
-    from megatron_vega.training.trainer import Trainer
     run = make_run(args, data, spm, 1, load=ckpt)
     mined_nll = mean_nll_on_index(run, nll_index)
     valid = build_mlm_datasets(run.data, vocabulary(run), PLM_SEED)[1]
     run = replace(run, train=replace(run.train, eval_iters=min(math.ceil(len(valid) / GLOBAL_BATCH),
                                                                args.max_eval_batches)))
-    return {"mined_nll": mined_nll, "valid_mlm_loss": Trainer(run).evaluate(valid)["lm loss"]}
+    return {"mined_nll": mined_nll, "valid_mlm_loss": build_trainer(run).evaluate(valid)["lm loss"]}
 
 
 def spread(values: list[float]) -> str:
@@ -196,9 +197,9 @@ def main(argv=None) -> None:
         return
     if args.hidden_size % 64:
         fail("--hidden-size", f"must be a multiple of 64, got {args.hidden_size}")
+    from megatron_vega.objectives.pretrain import pretrain
     from megatron_vega.selfevolution.neglected_index import NeglectedIndex
     from megatron_vega.selfevolution.stage1 import MiningConfig, mine
-    from megatron_vega.training.pretrain import pretrain
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"

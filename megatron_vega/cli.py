@@ -32,11 +32,13 @@ def _base_type(tp):
     return tp, None
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str | None = None) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str | None = None, skip=()) -> None:
+    """One group of flags from ``cls``'s fields, those named in ``skip`` left out (an inherited field whose flag
+    another group adds)."""
     group = parser.add_argument_group(title or cls.__name__)
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
-        if not f.init or f.metadata.get("cli") is False:
+        if not f.init or f.metadata.get("cli") is False or f.name in skip:
             continue
         tp, item = _base_type(hints[f.name])
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]

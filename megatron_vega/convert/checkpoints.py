@@ -293,8 +293,9 @@ def _import_finetuned(hf_dir, save, tp, pp, cfg, hf_cfg, task, encoder_hf, head)
 def reshard(load: str, save: str, tp: int, pp: int) -> None:
     """Rewrite a training checkpoint at TP x PP with everything it holds (training/reshard.py); dist checkpoints
     also load into any layout directly, so this is for moving a run, not a requirement for it."""
+    from megatron_vega.objectives.arguments import objective_for_checkpoint
     from megatron_vega.training.reshard import reshard_rank
     refuse_existing(save)
     cfg = model_config_of(load)
     _check_layout(cfg, tp, pp)
-    run_distributed(tp * pp, reshard_rank, load, save, tp, pp)
+    run_distributed(tp * pp, reshard_rank, load, save, tp, pp, objective_for_checkpoint)

@@ -107,3 +107,12 @@ def _load_problem(err: Exception) -> str:
     if "Is a directory" in text:
         return "is a directory, expected a sentencepiece .model file"
     return "not a sentencepiece model (could not parse it)"
+
+
+def vocabulary(run):
+    """The run's tokenizer (checked against the model's vocabulary), or a synthetic one for --mock-data."""
+    if run.data.tokenizer_model:
+        tokenizer = VegaTokenizer(run.data.tokenizer_model)
+        check_vocab(tokenizer, run.model.vocab_size, run.data.tokenizer_model)
+        return tokenizer
+    return SyntheticVocab(run.model.vocab_size)

@@ -1,10 +1,13 @@
 """Build the model chunks of this rank from the config: megatron-core's TransformerConfig, pipeline split."""
+from collections.abc import Sequence
+
 import torch
 from megatron.core import parallel_state
 from megatron.core.transformer import TransformerConfig
 
 from megatron_vega import runtime
 from megatron_vega.config import ModelConfig, ParallelConfig
+from megatron_vega.model.heads import MLM_HEAD, HeadSpec
 from megatron_vega.model.vega_model import VegaModel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,15 +40,27 @@ def chunk_layer_ranges(num_layers: int, pp: int, vp: int | None) -> list[list[tu
 
 
 def build_model(cfg: ModelConfig, tc: TransformerConfig, add_mlm_head: bool = True,
-                recompute: str | None = None) -> list[VegaModel]:
-    """The chunks this rank holds (one without virtual pipeline stages), on this machine's device."""
+                recompute: str | None = None, heads: Sequence[HeadSpec] | None = None,
+                name: str = "") -> list[VegaModel]:
+    """The chunks this rank holds (one without virtual pipeline stages), on this machine's device. heads: the last
+    chunk's heads (model/heads.py; the objective's), default the MLM head, none with add_mlm_head=False (the
+    encoder alone, as fine-tuning builds it). name: the model's name in its global parameter names."""
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     rank = parallel_state.get_pipeline_model_parallel_rank()
     ranges = chunk_layer_ranges(cfg.num_layers, pp, tc.virtual_pipeline_model_parallel_size)[rank]
+    if heads is None:
+        heads = (MLM_HEAD,) if add_mlm_head else ()
     chunks = []
     for first, last in ranges:
         model = VegaModel(cfg, tc, layers=(first, last), pre_process=first == 0, post_process=last == cfg.num_layers,
-                          add_mlm_head=add_mlm_head)
+                          heads=heads, name=name)
         model.set_recompute(recompute)
         chunks.append(model.to(device=runtime.device(), dtype=tc.params_dtype))
     return chunks
+
+
+def unwrap(model):
+    """The VegaModel inside megatron-core's DDP wrapper."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model

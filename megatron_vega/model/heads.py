@@ -1,4 +1,13 @@
-"""Task heads on the encoder's hidden states [s, b, H], for SuperGLUE fine-tuning (docs/superglue_formats.md).
+"""Heads on the encoder's hidden states [s, b, H]: the pretraining heads a model is built with (``HeadSpec``,
+the MLM head) and the task heads of SuperGLUE fine-tuning (docs/superglue_formats.md).
+
+A pretraining head is attached to the last pipeline chunk by ``model.build.build_model(..., heads=...)``: the
+objective names the heads it needs, the encoder itself has none. Its parameters are named ``<spec.name>.*``
+(``lm_head.*`` for the MLM head, the names the HF mapping and existing checkpoints use). A head that ties its
+output layer to the word embeddings reads them through ``model.shared_embedding_or_output_weight()``: the first
+stage's embeddings, or the last stage's synced copy under pipeline parallelism.
+
+The task heads below:
 
 Fine-tuning runs without sequence parallelism, so the hidden states are replicated on tensor-parallel ranks and
 the heads are small replicated modules: every TP rank computes the same outputs and gradients, and megatron-core
@@ -7,11 +16,77 @@ Parameter names follow Hugging Face DebertaV2ForSequenceClassification (``pooler
 the HF converter can map the sequence heads. Every head returns logits [rows, classes].
 """
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 
+from megatron_vega import runtime
+from megatron_vega.config import ModelConfig
 from megatron_vega.model.seeding import name_seeded_generator
+from megatron_vega.ops.kernels import layer_norm
+
+# Padded vocabulary entries get this logit: out of every softmax, yet finite (0 * logit stays 0 in soft-target CE).
+PADDED_VOCAB_LOGIT = -1e30
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head of the last pipeline chunk. build(cfg, transformer_config) -> module, called as
+    module(hidden [s(/tp), b, H], model, **head_inputs); ties_word_embeddings: the head reads the word embeddings
+    (the last stage then holds a synced copy of them)."""
+    name: str
+    build: Callable
+    ties_word_embeddings: bool = False
+
+
+def sequence_gathered(hidden, sequence_parallel: bool):
+    """The whole sequence [s, b, H] of a (possibly sequence-parallel) last-stage output. A head running replicated
+    on TP ranks after copy_to_tensor_model_parallel_region already completes its input grad, so the gather's
+    backward only splits (no reduce-scatter)."""
+    if not sequence_parallel:
+        return hidden
+    return tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
+
+
+class MLMHead(torch.nn.Module):
+    """dense -> GELU -> LN -> logits against the (tied) vocab-parallel word embeddings + a vocab-parallel bias."""
+
+    def __init__(self, cfg: ModelConfig, tp_size: int, sequence_parallel: bool = False):
+        super().__init__()
+        self.sequence_parallel = sequence_parallel
+        self.dense = torch.nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        torch.nn.init.normal_(self.dense.weight, mean=0.0, std=cfg.init_method_std)
+        torch.nn.init.zeros_(self.dense.bias)
+        self.layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon)
+        per_rank = cfg.padded_vocab_size // tp_size
+        self.bias = torch.nn.Parameter(torch.zeros(per_rank))
+        tensor_parallel.set_tensor_model_parallel_attributes(self.bias, True, 0, 1)
+        start = parallel_state.get_tensor_model_parallel_rank() * per_rank
+        real = torch.arange(start, start + per_rank) < cfg.vocab_size
+        self.register_buffer("vocab_pad", torch.where(real, 0.0, PADDED_VOCAB_LOGIT), persistent=False)
+
+    def logits(self, hidden, output_weight):
+        """hidden: [n, H] (replicated on TP ranks) -> fp32 logits over this rank's vocabulary shard [n, V/tp]."""
+        h = self.layernorm(F.gelu(runtime.in_fp32(F.linear, hidden, self.dense.weight, self.dense.bias)))
+        logits = runtime.linear_in_fp32(copy_to_tensor_model_parallel_region(h), output_weight) + self.bias
+        return logits.float() + self.vocab_pad
+
+    def forward(self, hidden, model, lm_positions=None):
+        """[s, b, V/tp] logits, or [n, V/tp] at the flat (s-major) ``lm_positions`` only."""
+        hidden = sequence_gathered(hidden, self.sequence_parallel)
+        s, b, h = hidden.shape
+        weight = model.shared_embedding_or_output_weight()
+        if lm_positions is None:
+            return self.logits(hidden.reshape(s * b, h), weight).view(s, b, -1)
+        return self.logits(hidden.reshape(s * b, h).index_select(0, lm_positions), weight)
+
+
+MLM_HEAD = HeadSpec("lm_head", lambda cfg, tc: MLMHead(cfg, tc.tensor_model_parallel_size, tc.sequence_parallel),
+                    ties_word_embeddings=True)
 
 
 class ContextPooler(torch.nn.Module):

@@ -1,8 +1,9 @@
-"""The Vega encoder: embeddings -> post-LN disentangled-attention layers -> MLM head, one pipeline chunk of it.
+"""The Vega encoder: embeddings -> post-LN disentangled-attention layers -> the heads it was built with (none, or
+the objective's: model/heads.py), one pipeline chunk of it.
 
 Activations are [sequence, batch, hidden] (Megatron's layout, needed for sequence parallelism and the pipeline
 schedules). A chunk owns layers [first, last); the first chunk owns the embeddings and the nGiE conv, the last
-the MLM head. Every chunk owns a copy of the relative-embedding table (all layers use it); its grads are summed
+the heads. Every chunk owns a copy of the relative-embedding table (all layers use it); its grads are summed
 across pipeline stages by megatron-core (params tagged ``pipeline_parallel``, config ``has_cond_embedder``).
 Copies that exist on more than one chunk (the relative table and its LayerNorm, the last stage's tied output
 weight) are tagged ``shared`` except on the first chunk, so megatron-core's grad norm counts each once.
@@ -13,45 +14,17 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
-from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 
-from megatron_vega import runtime
 from megatron_vega.config import ModelConfig
 from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.layer import ConvLayer, VegaLayer, hidden_dropout
 from megatron_vega.ops.kernels import layer_norm
 
-# Padded vocabulary entries get this logit: out of every softmax, yet finite (0 * logit stays 0 in soft-target CE).
-PADDED_VOCAB_LOGIT = -1e30
-
 
 def init_normal(std: float):
     return lambda w: torch.nn.init.normal_(w, mean=0.0, std=std)
-
-
-class MLMHead(torch.nn.Module):
-    """dense -> GELU -> LN -> logits against the (tied) vocab-parallel word embeddings + a vocab-parallel bias."""
-
-    def __init__(self, cfg: ModelConfig, tp_size: int):
-        super().__init__()
-        self.dense = torch.nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        init_normal(cfg.init_method_std)(self.dense.weight)
-        torch.nn.init.zeros_(self.dense.bias)
-        self.layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon)
-        per_rank = cfg.padded_vocab_size // tp_size
-        self.bias = torch.nn.Parameter(torch.zeros(per_rank))
-        tensor_parallel.set_tensor_model_parallel_attributes(self.bias, True, 0, 1)
-        start = parallel_state.get_tensor_model_parallel_rank() * per_rank
-        real = torch.arange(start, start + per_rank) < cfg.vocab_size
-        self.register_buffer("vocab_pad", torch.where(real, 0.0, PADDED_VOCAB_LOGIT), persistent=False)
-
-    def forward(self, hidden, output_weight):
-        """hidden: [n, H] (replicated on TP ranks) -> fp32 logits over this rank's vocabulary shard [n, V/tp]."""
-        h = self.layernorm(F.gelu(runtime.in_fp32(F.linear, hidden, self.dense.weight, self.dense.bias)))
-        logits = runtime.linear_in_fp32(copy_to_tensor_model_parallel_region(h), output_weight) + self.bias
-        return logits.float() + self.vocab_pad
 
 
 def _layer_call(layer, hidden, rel, rel_index, mask_bias, prefix_key, prefix_value):
@@ -61,16 +34,20 @@ def _layer_call(layer, hidden, rel, rel_index, mask_bias, prefix_key, prefix_val
 
 class VegaModel(MegatronModule):
     def __init__(self, cfg: ModelConfig, mp_config, layers: tuple[int, int] | None = None,
-                 pre_process: bool = True, post_process: bool = True, add_mlm_head: bool = True):
+                 pre_process: bool = True, post_process: bool = True, heads=(), name: str = ""):
         super().__init__(config=mp_config)
         self.model_type = ModelType.encoder_or_decoder  # read by megatron-core's schedules
         self.cfg = cfg
+        # The model's name in its parameters' global names (model/weights.py): "" for the main model, "generator"
+        # for a second model an objective owns.
+        self.name = name
         self.pre_process, self.post_process = pre_process, post_process
         self.sequence_parallel = mp_config.sequence_parallel
-        # True on every stage (megatron-core all-reduces the tied weight's grads between first and last stage
-        # only where this is set); has_mlm_head marks the chunk that computes the head.
-        self.share_embeddings_and_output_weights = add_mlm_head
-        self.has_mlm_head = add_mlm_head and post_process
+        # True on every stage when a head reads the word embeddings (megatron-core all-reduces the tied weight's
+        # grads between first and last stage only where this is set); head_names: the heads this chunk computes.
+        ties = any(spec.ties_word_embeddings for spec in heads)
+        self.share_embeddings_and_output_weights = ties
+        self.head_names = tuple(spec.name for spec in heads) if post_process else ()
         self.first_layer, last = layers or (0, cfg.num_layers)
         init = init_normal(cfg.init_method_std)
         tp = mp_config.tensor_model_parallel_size
@@ -85,7 +62,7 @@ class VegaModel(MegatronModule):
         if pre_process:
             self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
                 cfg.padded_vocab_size, cfg.hidden_size, init_method=init, config=mp_config)
-            self.word_embeddings.weight.shared_embedding = cross_stage and add_mlm_head
+            self.word_embeddings.weight.shared_embedding = cross_stage and ties
             self.embedding_layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon, self.sequence_parallel)
         self.rel_embeddings = torch.nn.Embedding(2 * cfg.attention_span, cfg.hidden_size)
         init(self.rel_embeddings.weight)
@@ -99,9 +76,10 @@ class VegaModel(MegatronModule):
         self.layers = torch.nn.ModuleList(VegaLayer(cfg, mp_config, init) for _ in range(self.first_layer, last))
         self.conv = (ConvLayer(cfg, self.sequence_parallel)
                      if cfg.conv_kernel_size > 0 and self.first_layer == 0 and len(self.layers) else None)
-        if self.has_mlm_head:
-            self.lm_head = MLMHead(cfg, tp)
-            if not pre_process:  # last stage: a copy of the word embeddings, synced with the first stage
+        if post_process:
+            for spec in heads:
+                self.add_module(spec.name, spec.build(cfg, mp_config))
+            if ties and not pre_process:  # last stage: a copy of the word embeddings, synced with the first stage
                 self.output_weight = torch.nn.Parameter(torch.zeros(cfg.padded_vocab_size // tp, cfg.hidden_size))
                 tensor_parallel.set_tensor_model_parallel_attributes(self.output_weight, True, 0, 1)
                 self.output_weight.shared_embedding = True
@@ -125,7 +103,7 @@ class VegaModel(MegatronModule):
     def shared_embedding_or_output_weight(self):
         if self.pre_process:
             return self.word_embeddings.weight
-        return self.output_weight if self.has_mlm_head else None
+        return self.output_weight if self.head_names and self.share_embeddings_and_output_weights else None
 
     # -- forward --------------------------------------------------------------------------------------------
     def _local_sequence(self, x):
@@ -176,7 +154,7 @@ class VegaModel(MegatronModule):
         hidden = self.encode(hidden, attention, input_mask)
         if not self.post_process:
             return hidden
-        return self.mlm_logits(hidden, lm_positions) if self.has_mlm_head else hidden
+        return self.heads_output(hidden, lm_positions=lm_positions)
 
     def encode(self, hidden, attention: AttentionInputs, input_mask):
         """The layers of this chunk on [s(/tp), b, H]; the attention tensors are expanded once, for all of them."""
@@ -198,13 +176,11 @@ class VegaModel(MegatronModule):
                 hidden = self.conv(embedding_out, hidden, input_mask)
         return hidden
 
-    def mlm_logits(self, hidden, lm_positions=None):
-        # The head runs replicated on TP ranks after the gather, and copy_to_tensor_model_parallel_region already
-        # completes its input grad, so the gather's backward only splits (no reduce-scatter).
-        if self.sequence_parallel:
-            hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
-        s, b, h = hidden.shape
-        weight = self.shared_embedding_or_output_weight()
-        if lm_positions is None:
-            return self.lm_head(hidden.reshape(s * b, h), weight).view(s, b, -1)
-        return self.lm_head(hidden.reshape(s * b, h).index_select(0, lm_positions), weight)
+    def heads_output(self, hidden, **head_inputs):
+        """The last stage's result: the hidden states [s(/tp), b, H] without heads, the one head's output (the MLM
+        head: fp32 vocab-parallel logits [s, b, V/tp], or [n, V/tp] at the flat s-major ``lm_positions``), or
+        {name: output} for several heads."""
+        outputs = {name: getattr(self, name)(hidden, self, **head_inputs) for name in self.head_names}
+        if not outputs:
+            return hidden
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs

@@ -1,7 +1,7 @@
 """Weights by global name: layout-independent initialisation, loading a full state dict into TP/PP shards, and
 gathering shards back. A parameter's global name does not depend on TP/PP (layer indices are global, the last
-stage's tied output weight is called ``word_embeddings.weight``), so the same seed gives the same model on any
-layout and a full state dict maps onto any layout."""
+stage's tied output weight is called ``word_embeddings.weight``, a second model's names start with its name), so
+the same seed gives the same model on any layout and a full state dict maps onto any layout."""
 
 import torch
 import torch.distributed as dist
@@ -12,10 +12,15 @@ from megatron_vega.model.vega_model import VegaModel
 
 
 def global_name(model: VegaModel, name: str) -> str:
+    """The layout-independent name; a second model of an objective (model.name, e.g. "generator") prefixes it,
+    the main model (name "") keeps the bare names existing checkpoints and the HF mapping use."""
     if name.startswith("layers."):
         _, idx, rest = name.split(".", 2)
-        return f"layers.{model.first_layer + int(idx)}.{rest}"
-    return "word_embeddings.weight" if name == "output_weight" else name
+        name = f"layers.{model.first_layer + int(idx)}.{rest}"
+    elif name == "output_weight":
+        name = "word_embeddings.weight"
+    prefix = getattr(model, "name", "")
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _shard(full: torch.Tensor, param: torch.nn.Parameter) -> torch.Tensor:
@@ -107,7 +112,7 @@ def sharded_state_dict(chunks: list[VegaModel]) -> dict:
     duplicate_base = 1 + parallel_state.get_pipeline_model_parallel_rank() * len(chunks)
     out = {}
     for chunk_index, model in enumerate(chunks):
-        first_chunk = chunk_index == 0 and parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+        first_chunk = model.pre_process  # the chunk holding layer 0 of its model: the one main copy
         for name, p in model.named_parameters():
             key = global_name(model, name)
             duplicate = name == "output_weight" or (getattr(p, "pipeline_parallel", False) and not first_chunk)

@@ -139,7 +139,7 @@ def mine(run, mining: MiningConfig) -> None:
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
     from megatron_vega.model.build import build_model, transformer_config
     from megatron_vega.training import checkpointing
-    from megatron_vega.training.pretrain import vocabulary
+    from megatron_vega.data.tokenizer import vocabulary
     _, world = runtime.init_distributed()
     dp = run.parallel.validate(run.model, world)
     runtime.init_model_parallel(run.parallel.tensor_model_parallel_size, run.parallel.pipeline_model_parallel_size,
@@ -187,7 +187,7 @@ def mean_nll_on_index(run, index) -> float:
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
     from megatron_vega.model.build import build_model, transformer_config
     from megatron_vega.training import checkpointing
-    from megatron_vega.training.pretrain import vocabulary
+    from megatron_vega.data.tokenizer import vocabulary
     runtime.init_distributed()
     runtime.init_model_parallel(run.parallel.tensor_model_parallel_size, run.parallel.pipeline_model_parallel_size)
     tc = transformer_config(run.model, run.parallel)

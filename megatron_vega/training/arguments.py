@@ -1,15 +1,26 @@
-"""The run configuration and its Megatron-named flags, generated from the config dataclasses."""
+"""The run configuration and its Megatron-named flags, generated from the config dataclasses.
+
+The objective's flags are not here: training knows no objective. ``objectives/arguments.py`` builds on this parser
+(``--objective`` with the registry's choices, one group per objective) and puts the chosen objective's config, an
+``ObjectiveSettings`` subclass, in ``RunConfig.objective``.
+"""
 import argparse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from megatron_vega.cli import add_dataclass_flags, apply_flags
+from megatron_vega.cli import add_dataclass_flags, apply_flags, option
 from megatron_vega.config import (PRESETS, CheckpointConfig, LoggingConfig, ModelConfig, ParallelConfig, TrainConfig,
                                   model_preset)
 from megatron_vega.data.config import DataConfig
 from megatron_vega.data.tokenizer import VegaTokenizer
-from megatron_vega.selfevolution.objective import ObjectiveConfig
 from megatron_vega.training.checkpoint_args import resolve_model
+
+
+@dataclass
+class ObjectiveSettings:
+    """The chosen objective's name; each objective's config dataclass extends it with its own flags, so that
+    ``asdict(run)["objective"]`` (saved in every checkpoint) is one flat dict: {"objective": name, **its flags}."""
+    objective: str = option("mlm", "Training objective (the registered objectives).")
 
 
 @dataclass
@@ -20,11 +31,11 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
 
 
 _GROUPS = {"model": ModelConfig, "parallel": ParallelConfig, "train": TrainConfig, "checkpoint": CheckpointConfig,
-           "logging": LoggingConfig, "data": DataConfig, "objective": ObjectiveConfig}
+           "logging": LoggingConfig, "data": DataConfig}
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

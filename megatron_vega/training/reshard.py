@@ -30,8 +30,10 @@ def _layout_name(layout: dict) -> str:
     return f"TP{layout['tp']}·PP{layout['pp']}·DP{layout['dp']}"
 
 
-def reshard_rank(load: str, save: str, tp: int, pp: int) -> None:
-    """One rank of the reshard (world = tp * pp, DP 1). Collective."""
+def reshard_rank(load: str, save: str, tp: int, pp: int, objective_for) -> None:
+    """One rank of the reshard (world = tp * pp, DP 1). Collective. objective_for(run, saved objective dict): the
+    checkpoint's objective, which names the models to rebuild (objectives/arguments.py's objective_for_checkpoint:
+    training knows no objective)."""
     from megatron_vega.training.trainer import Trainer
     extra = checkpointing.read_extra(load)
     run = run_config_from_dict(extra["config"])
@@ -43,7 +45,8 @@ def reshard_rank(load: str, save: str, tp: int, pp: int) -> None:
                   train=replace(run.train, global_batch_size=global_batch),
                   checkpoint=replace(run.checkpoint, load=load, save=save, overwrite=False, ckpt_step=None,
                                      finetune=False, no_load_optim=False, no_load_rng=False))
-    trainer = Trainer(run)
+    objective = objective_for(run, extra["config"].get("objective", {}))
+    trainer = Trainer(objective.run, objective)  # objective.run: the run with the objective's full config
     has_optimizer = extra.get("has_optimizer", True)
     rng = trainer.rng_restored
     trainer.save(with_rng=rng)

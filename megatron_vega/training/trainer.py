@@ -1,5 +1,9 @@
 """The training loop on megatron-core: pipeline schedules (1F1B / interleaved), DDP, the (distributed) optimizer
-with loss scaling, the LR schedule and dist_checkpointing. The same code runs on CPU/gloo and GPU/NCCL."""
+with loss scaling, the LR schedule and dist_checkpointing. The same code runs on CPU/gloo and GPU/NCCL.
+
+What is trained is the objective's (objectives/base.py): the trainer builds, wraps, optimizes (one optimizer over
+every chunk of every model), checkpoints and loads the models it names, and asks it for batches, steps, FLOPs and
+validation metrics. It imports no objective."""
 import signal
 from dataclasses import asdict
 
@@ -14,14 +18,12 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_vega import runtime
 from megatron_vega.data.sampler import check_batch_sizes, check_interleaved_microbatches
 from megatron_vega.errors import VegaInputError
-from megatron_vega.model.build import DTYPES, build_model, transformer_config
+from megatron_vega.model.build import DTYPES, build_model, transformer_config, unwrap
 from megatron_vega.model.weights import init_weights
 from megatron_vega.ops import kernels
 from megatron_vega.training import checkpointing, resume
 from megatron_vega.training.batches import microbatches
-from megatron_vega.training.flops import train_flops_per_token
 from megatron_vega.training.log import TrainingLog
-from megatron_vega.training.objectives import mlm_forward_step, unwrap
 from megatron_vega.training.optimizer import build_optimizer
 
 
@@ -32,10 +34,9 @@ def print_last(*args) -> None:
 
 
 class Trainer:
-    def __init__(self, run, forward_step=mlm_forward_step, before_step=None, reference_forward: bool = False):
-        """run: a RunConfig. forward_step: the objective's megatron-core forward-step function; before_step:
-        called as before_step(trainer, dataset) ahead of each training step (self-evolution's reference pass)."""
-        self.run, self.forward_step, self.before_step = run, forward_step, before_step
+    def __init__(self, run, objective):
+        """run: a RunConfig; objective: an objectives.base.Objective of that run."""
+        self.run, self.objective = run, objective
         model_cfg, par, tr = run.model, run.parallel, run.train
         ck = run.checkpoint
         if ck.save:  # before any process group or model exists: fail fast and cheaply
@@ -57,40 +58,53 @@ class Trainer:
             raise VegaInputError("--seq-length", "must divide by the tensor-parallel size with --sequence-parallel")
         runtime.init_model_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
                                     par.virtual_stages(model_cfg), seed=tr.seed)
-        self.tc = transformer_config(model_cfg, par, tr.precision)
-        chunks = build_model(model_cfg, self.tc, recompute=par.recompute)
-        init_weights(chunks, tr.seed)
         ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=par.overlap_grad_reduce,
                                             use_distributed_optimizer=par.use_distributed_optimizer)
-        self.model = [DistributedDataParallel(self.tc, ddp, m, disable_bucketing=i > 0)
-                      for i, m in enumerate(chunks)]
+        # name -> this rank's DDP-wrapped chunks of that model; the main model (first) is self.model, self.tc
+        self.models: dict[str, list[DistributedDataParallel]] = {}
+        configs = []
+        for spec in objective.models():
+            tc = transformer_config(spec.config, par, tr.precision)
+            chunks = build_model(spec.config, tc, recompute=par.recompute, heads=spec.heads, name=spec.name)
+            init_weights(chunks, tr.seed)
+            self.models[spec.name] = [DistributedDataParallel(tc, ddp, m, disable_bucketing=i > 0)
+                                      for i, m in enumerate(chunks)]
+            configs.append(tc)
+        self.model, self.tc = next(iter(self.models.values())), configs[0]
+        all_chunks = [m for chunks in self.models.values() for m in chunks]
         self.optimizer = build_optimizer(OptimizerConfig(
             optimizer="adam", lr=tr.lr, min_lr=tr.min_lr, weight_decay=tr.weight_decay, adam_beta1=tr.adam_beta1,
             adam_beta2=tr.adam_beta2, adam_eps=tr.adam_eps, clip_grad=tr.clip_grad, bf16=tr.bf16, fp16=tr.fp16,
             params_dtype=DTYPES[tr.precision], loss_scale=tr.loss_scale, initial_loss_scale=tr.initial_loss_scale,
             min_loss_scale=tr.min_loss_scale, loss_scale_window=tr.loss_scale_window, hysteresis=tr.hysteresis,
-            use_distributed_optimizer=par.use_distributed_optimizer), self.model)
+            use_distributed_optimizer=par.use_distributed_optimizer), all_chunks)
         decay = tr.lr_decay_iters or tr.train_iters
         warmup = int(tr.lr_warmup_fraction * decay) if tr.lr_warmup_fraction is not None else tr.lr_warmup_iters
         self.scheduler = OptimizerParamScheduler(
             self.optimizer, init_lr=0.0, max_lr=tr.lr, min_lr=tr.min_lr, lr_warmup_steps=warmup,
             lr_decay_steps=decay, lr_decay_style=tr.lr_decay_style, start_wd=tr.weight_decay,
             end_wd=tr.weight_decay, wd_incr_steps=tr.train_iters, wd_incr_style="constant")
-        self.tc.finalize_model_grads_func = finalize_model_grads
-        self.tc.grad_scale_func = self.optimizer.scale_loss
-        if par.overlap_grad_reduce:
-            sync = [m.no_sync for m in self.model]
-            self.tc.no_sync_func = sync[0] if len(sync) == 1 else sync
+        for tc, chunks in zip(configs, self.models.values(), strict=True):  # each model's schedules read its own config
+            tc.finalize_model_grads_func = finalize_model_grads
+            tc.grad_scale_func = self.optimizer.scale_loss
+            if par.overlap_grad_reduce:
+                sync = [m.no_sync for m in chunks]
+                tc.no_sync_func = sync[0] if len(sync) == 1 else sync
         self.iteration = self.consumed_samples = self.skipped = 0
         self.stop_requested = False
-        self.flops_per_token = train_flops_per_token(model_cfg, run.data.seq_length, run.data.mask_prob,
-                                                     reference_forward, tr.micro_batch_size)
+        self.flops_per_token = objective.flops_per_token()
         self.rng_restored = False
         self._load()
 
     @property
     def chunks(self):
+        """The main model's chunks (unwrapped)."""
         return [unwrap(m) for m in self.model]
+
+    @property
+    def all_chunks(self):
+        """Every model's chunks (unwrapped): what checkpoints hold."""
+        return [unwrap(m) for chunks in self.models.values() for m in chunks]
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -102,7 +116,7 @@ class Trainer:
             return
         weights_only = ck.finetune or ck.no_load_optim
         flags_schedule = resume.schedule_of(self.scheduler)
-        extra = checkpointing.load(ck.load, self.chunks, self.optimizer, self.scheduler,
+        extra = checkpointing.load(ck.load, self.all_chunks, self.optimizer, self.scheduler,
                                    with_optimizer=not weights_only, with_rng=not (ck.no_load_rng or ck.finetune),
                                    iteration=self.load_iteration)
         notes = []
@@ -131,17 +145,21 @@ class Trainer:
     def save(self, with_rng: bool = True) -> None:
         extra = {"iteration": self.iteration, "consumed_samples": self.consumed_samples, "skipped": self.skipped,
                  "config": asdict(self.run)}
-        path = checkpointing.save(self.run.checkpoint.save, self.iteration, self.chunks, self.optimizer,
+        path = checkpointing.save(self.run.checkpoint.save, self.iteration, self.all_chunks, self.optimizer,
                                   self.scheduler, extra, with_rng=with_rng)
         print_last(f"saved checkpoint {path}")
 
     # -- steps ---------------------------------------------------------------------------------------------------
-    def _run_schedule(self, dataset, consumed: int, forward_only: bool, forward_step=None, model=None):
+    def run_schedule(self, dataset, consumed: int, forward_only: bool, forward_step=None, model=None) -> list[dict]:
+        """One megatron-core schedule over the global batch starting at sample `consumed`: forward_step (default
+        the objective's) on `model` (a list of chunks; default the main model, or another model's, or a frozen
+        copy). Returns the last stage's loss dicts, one per micro-batch (empty elsewhere)."""
         tr = self.run.train
         model = model or self.model
-        iterators = [microbatches(dataset, consumed, self.global_batch, tr.micro_batch_size) for _ in model]
+        iterators = [microbatches(dataset, consumed, self.global_batch, tr.micro_batch_size,
+                                  self.objective.host_batch) for _ in model]
         return get_forward_backward_func()(
-            forward_step_func=forward_step or self.forward_step,
+            forward_step_func=forward_step or self.objective.forward_step,
             data_iterator=iterators if len(iterators) > 1 else iterators[0],
             model=model if len(model) > 1 else model[0],
             num_microbatches=self.global_batch // (tr.micro_batch_size * self.dp),
@@ -160,12 +178,12 @@ class Trainer:
         return out
 
     def train_step(self, dataset) -> tuple[dict[str, torch.Tensor], float | None, bool]:
-        if self.before_step is not None:
-            self.before_step(self, dataset)
-        for m in self.model:
-            m.zero_grad_buffer()
+        self.objective.before_step(self, dataset)
+        for chunks in self.models.values():
+            for m in chunks:
+                m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        outputs = self._run_schedule(dataset, self.consumed_samples, forward_only=False)
+        outputs = self.objective.training_pass(self, dataset)
         updated, grad_norm, _ = self.optimizer.step()
         if updated:
             self.scheduler.step(increment=1)
@@ -177,17 +195,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, dataset) -> dict[str, float]:
-        """Validation MLM loss (random masking, whatever the training objective) on the first eval batches."""
-        for m in self.model:
-            m.eval()
+        """The objective's validation metrics, averaged over the first eval batches."""
+        self._set_training(False)
         totals: dict[str, float] = {}
         for i in range(self.run.train.eval_iters):
-            outputs = self._run_schedule(dataset, i * self.global_batch, True, forward_step=mlm_forward_step)
+            outputs = self.objective.validation_pass(self, dataset, i * self.global_batch)
             for k, v in self._mean_losses(outputs).items():
                 totals[k] = totals.get(k, 0.0) + v.item() / self.run.train.eval_iters
-        for m in self.model:
-            m.train()
+        self._set_training(True)
         return totals
+
+    def _set_training(self, mode: bool) -> None:
+        for chunks in self.models.values():
+            for m in chunks:
+                m.train(mode)
 
     # -- loop ----------------------------------------------------------------------------------------------------
     def _on_sigterm(self, *_):
@@ -209,8 +230,7 @@ class Trainer:
         history = []
         if dist.get_rank() == 0:
             print(kernels.describe(), flush=True)
-        for m in self.model:
-            m.train()
+        self._set_training(True)
         while self.iteration < tr.train_iters:
             losses, grad_norm, updated = self.train_step(train_ds)
             log.step(self.global_batch * self.run.data.seq_length)

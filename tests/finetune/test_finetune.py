@@ -76,13 +76,13 @@ def test_encoder_loads_from_a_pretraining_checkpoint(world_of_one, superglue, sp
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
     from megatron_vega.finetune.run import Run
     from megatron_vega.model.weights import gather_full_state_dict
-    from megatron_vega.training.pretrain import vocabulary
-    from megatron_vega.training.trainer import Trainer
+    from megatron_vega.data.tokenizer import vocabulary
+    from megatron_vega.objectives.pretrain import build_trainer
     from tests.training.helpers import tiny_run as pretraining_run
 
     pretraining = replace(pretraining_run(iters=3, save=str(tmp_path / "pt")),
                           model=model_preset("tiny", vocab_size=1002))  # botchan's 1000 pieces + [MASK], [PAD]
-    trainer = Trainer(pretraining)
+    trainer = build_trainer(pretraining)
     trainer.train(build_mlm_datasets(pretraining.data, vocabulary(pretraining), pretraining.train.seed)[0])
     pretrained = gather_full_state_dict(trainer.chunks)
     run = tiny_run("CB", spm_path, data_dir=str(superglue / "full"), max_eval_examples=4, load=str(tmp_path / "pt"),

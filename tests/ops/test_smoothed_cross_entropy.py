@@ -6,7 +6,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_vega import runtime
-from megatron_vega.model.vega_model import PADDED_VOCAB_LOGIT
+from megatron_vega.model.heads import PADDED_VOCAB_LOGIT
 from megatron_vega.ops.smoothed_cross_entropy import smoothed_vocab_parallel_cross_entropy
 from tests.distributed import spawn
 

@@ -36,12 +36,13 @@ def _mine(run, output):
 
 
 def _tp2pp2_chain(rank, world, corpus, spm, root):
-    from megatron_vega.training.pretrain import pretrain
+    from megatron_vega.objectives.arguments import objective_config
+    from megatron_vega.objectives.pretrain import pretrain
     pretrain(_run(corpus, spm, tp=2, pp=2, iters=3, save=f"{root}/plm"))
     _mine(_run(corpus, spm, tp=2, pp=2, load=f"{root}/plm"), f"{root}/tp2pp2.nidx")
     se = _run(corpus, spm, tp=2, pp=2, iters=3, load=f"{root}/plm", save=f"{root}/se")
     se = replace(se, checkpoint=replace(se.checkpoint, finetune=True),
-                 objective=replace(se.objective, objective="self-evolution", neglected_tokens=f"{root}/tp2pp2.nidx"))
+                 objective=objective_config("self-evolution", neglected_tokens=f"{root}/tp2pp2.nidx"))
     history = pretrain(se)
     if rank == world - 1:
         assert len(history) == 3 and all(np.isfinite(loss) for _, loss in history), history

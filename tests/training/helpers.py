@@ -27,7 +27,7 @@ def tiny_run(tp=1, pp=1, vp=None, dropout=0.0, iters=8, save=None, load=None, sa
 
 def train_and_record(rank, world, run: RunConfig, out_file: str | None = None, forward_step=None):
     """Train `run` on mock data; the last rank writes {iteration: loss} to out_file."""
-    from megatron_vega.training.pretrain import pretrain
+    from megatron_vega.objectives.pretrain import pretrain
     history = pretrain(run) if forward_step is None else _train_with(run, forward_step)
     if out_file and rank == world - 1:
         with open(out_file, "w") as f:
@@ -36,11 +36,18 @@ def train_and_record(rank, world, run: RunConfig, out_file: str | None = None, f
 
 
 def _train_with(run, forward_step):
-    from megatron_vega.data.mlm_dataset import build_mlm_datasets
-    from megatron_vega.training.pretrain import vocabulary
-    from megatron_vega.training.trainer import Trainer
-    train_ds, _, _ = build_mlm_datasets(run.data, vocabulary(run), run.train.seed)
-    return Trainer(run, forward_step=forward_step).train(train_ds)
+    """MLM with another forward step (a test's wrapper around the MLM one)."""
+    from megatron_vega.data.tokenizer import vocabulary
+    from megatron_vega.objectives.mlm import MaskedLM
+    from megatron_vega.objectives.pretrain import build_trainer
+
+    class Wrapped(MaskedLM):
+        def forward_step(self, data_iterator, model):
+            return forward_step(data_iterator, model)
+
+    objective = Wrapped(run)
+    train_ds, _ = objective.datasets(vocabulary(run))
+    return build_trainer(run, objective).train(train_ds)
 
 
 def with_train(run: RunConfig, **changes) -> RunConfig:
@@ -51,10 +58,10 @@ def train_and_record_layout(rank, world, run: RunConfig, out_file: str) -> None:
     """Train `run` on mock data; the last rank writes what must not depend on the layout: per-step losses and
     grad norms, each parameter's weight-decay multiplier (by global name) and the parameter count."""
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
-    from megatron_vega.training.pretrain import vocabulary
-    from megatron_vega.training.trainer import Trainer
+    from megatron_vega.data.tokenizer import vocabulary
+    from megatron_vega.objectives.pretrain import build_trainer
     train_ds, _, _ = build_mlm_datasets(run.data, vocabulary(run), run.train.seed)
-    trainer = Trainer(run)
+    trainer = build_trainer(run)
     grad_norms = {}
     step = trainer.train_step
 

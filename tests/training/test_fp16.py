@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from megatron_vega.training.objectives import mlm_forward_step
+from megatron_vega.objectives.mlm import mlm_forward_step
 from tests.distributed import spawn
 from tests.training.helpers import tiny_run, train_and_record
 
@@ -13,7 +13,7 @@ OVERFLOW_AT = 3
 
 def _overflowing_forward_step(data_iterator, model):
     output, loss_fn = mlm_forward_step(data_iterator, model)
-    from megatron_vega.training.objectives import unwrap
+    from megatron_vega.model.build import unwrap
     step = unwrap(model)._step = getattr(unwrap(model), "_step", 0) + 1
 
     def loss_with_overflow(output_tensor):

@@ -5,6 +5,7 @@ from megatron.core.optimizer import OptimizerConfig
 
 from megatron_vega import runtime
 from megatron_vega.config import ParallelConfig, model_preset
+from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.build import build_model, transformer_config
 from megatron_vega.model.weights import init_weights
 from megatron_vega.training.optimizer import build_optimizer, torch_optimizers
@@ -30,7 +31,7 @@ def _step(fused: bool, precision: str):
     for _ in range(2):
         model.zero_grad_buffer()
         optimizer.zero_grad()
-        logits = model(tokens, torch.ones_like(tokens))
+        logits = model(tokens, AttentionInputs(torch.ones_like(tokens)))
         logits.float().logsumexp(-1).mean().backward()
         model.finish_grad_sync()
         assert optimizer.step()[0]

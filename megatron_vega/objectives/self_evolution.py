@@ -1,10 +1,11 @@
-"""Self-evolution stage 2 (method_spec §1.2-1.3): train on the mined positions against smoothed labels
-ỹ = (1-α)·onehot + α·r, where r is the model's own prediction on the ORIGINAL (unmasked) block.
+"""Self-evolution stage 2 (method_spec §1.2-1.3): train on the positions mined by stage 1 (selfevolution/stage1.py)
+against smoothed labels ỹ = (1-α)·onehot + α·r, where r is the model's own prediction on the ORIGINAL (unmasked)
+block.
 
 Each step first runs a forward-only pass of the pipeline over the original blocks (eval mode, no grad) and keeps
 the reference logits of the last stage, micro-batch by micro-batch; the training pass then pops them in the
 same order. The loss is the fused vocab-parallel soft-target cross-entropy: ỹ is never materialised and only
-max / sum-exp / scalar partials cross tensor-parallel ranks.
+max / sum-exp / scalar partials cross tensor-parallel ranks. Validation stays the MLM loss (random masking).
 """
 from collections import deque
 from dataclasses import dataclass
@@ -14,14 +15,18 @@ import torch
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_vega.cli import option
+from megatron_vega.errors import VegaInputError
+from megatron_vega.objectives.base import model_output
+from megatron_vega.objectives.losses import predicted_labels
+from megatron_vega.objectives.mlm import MaskedLM
+from megatron_vega.objectives.registry import register_objective
 from megatron_vega.ops.smoothed_cross_entropy import smoothed_vocab_parallel_cross_entropy
-from megatron_vega.training.objectives import predicted_labels
+from megatron_vega.training.arguments import ObjectiveSettings
+from megatron_vega.training.flops import train_flops_per_token
 
 
 @dataclass
-class ObjectiveConfig:
-    objective: str = option("mlm", "Training objective: plain MLM, or self-evolution stage 2.",
-                            choices=["mlm", "self-evolution"])
+class SelfEvolutionConfig(ObjectiveSettings):
     neglected_tokens: str | None = option(None, "Stage-1 index (tools/self_questioning.py --output) of the "
                                                 "positions to mask per block.")
     se_alpha: float = option(0.5, "α of ỹ = (1-α)·onehot + α·r (0.5: the Vega v2 report; 0.1: the SE4PLMs code).")
@@ -32,17 +37,41 @@ class ObjectiveConfig:
     se_uniform_smoothing: bool = option(False, "Ablation: r uniform over the vocabulary (vanilla label smoothing).")
 
 
-class SelfEvolution:
-    def __init__(self, cfg: ObjectiveConfig, vocab_size: int, reference_chunks=None):
-        self.cfg, self.vocab_size = cfg, vocab_size
-        self.reference_chunks = reference_chunks  # frozen copy, or None for the current model
+class SelfEvolution(MaskedLM):
+    config_class = SelfEvolutionConfig
+
+    def __init__(self, run):
+        super().__init__(run)
+        self.vocab_size = run.model.vocab_size
+        self.reference_chunks = None  # frozen copy, or None for the current model
         self.references: deque = deque()
+
+    def datasets(self, vocab):
+        from megatron_vega.data.mlm_dataset import build_mlm_datasets
+        from megatron_vega.selfevolution.neglected_index import NeglectedIndex
+        se = self.cfg
+        if not se.neglected_tokens:
+            raise VegaInputError("--neglected-tokens", "required with --objective self-evolution (stage-1 output)")
+        if se.se_reference == "frozen" and not self.run.checkpoint.load:
+            raise VegaInputError("--se-reference", "'frozen' needs --load (the stage-1 checkpoint to keep frozen)")
+        index = NeglectedIndex(se.neglected_tokens)
+        train, valid, _ = build_mlm_datasets(self.run.data, vocab, self.run.train.seed, mask_override=index)
+        return train, valid
+
+    def attach(self, trainer) -> None:
+        if self.cfg.se_reference == "frozen":
+            self.reference_chunks = frozen_reference(trainer, self.run.checkpoint.load)
+
+    def flops_per_token(self) -> float:
+        """MLM's plus one no-grad reference forward (its head runs at the predicted positions only, as training's)."""
+        run = self.run
+        return train_flops_per_token(run.model, run.data.seq_length, run.data.mask_prob,
+                                     not self.cfg.se_uniform_smoothing, run.train.micro_batch_size)
 
     # -- the reference pass ------------------------------------------------------------------------------------
     def _reference_step(self, data_iterator, model):
         batch = next(data_iterator)
-        output = model(batch["labels"], batch["padding_mask"], lm_positions=batch["lm_positions"])
-        return output, self._keep_reference
+        return model_output(model, batch, tokens_key="labels"), self._keep_reference
 
     def _keep_reference(self, logits):
         self.references.append(logits.detach())
@@ -57,16 +86,15 @@ class SelfEvolution:
         for m in chunks:
             m.eval()
         with torch.no_grad():
-            trainer._run_schedule(dataset, trainer.consumed_samples, forward_only=True,
-                                  forward_step=self._reference_step, model=chunks)
+            trainer.run_schedule(dataset, trainer.consumed_samples, forward_only=True,
+                                 forward_step=self._reference_step, model=chunks)
         for m in trainer.model:
             m.train()
 
     # -- the training pass -------------------------------------------------------------------------------------
     def forward_step(self, data_iterator, model):
         batch = next(data_iterator)
-        output = model(batch["tokens"], batch["padding_mask"], lm_positions=batch["lm_positions"])
-        return output, partial(self._loss, batch)
+        return model_output(model, batch), partial(self._loss, batch)
 
     def _loss(self, batch, logits):
         target = predicted_labels(batch)
@@ -89,3 +117,6 @@ def frozen_reference(trainer, load: str):
     for p in (p for c in chunks for p in c.parameters()):
         p.requires_grad_(False)
     return chunks
+
+
+register_objective("self-evolution", SelfEvolution)

@@ -1,15 +1,6 @@
-"""Training objectives as megatron-core forward-step functions: (data iterator, model) -> (output, loss fn)."""
-from functools import partial
-
+"""Losses shared by objectives, on the vocab-parallel logits of the MLM head."""
 import torch
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-
-def unwrap(model):
-    """The VegaModel inside megatron-core's DDP wrapper."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def predicted_labels(batch) -> torch.Tensor:
@@ -23,9 +14,3 @@ def mlm_loss(batch, logits):
     loss = losses.sum() / max(losses.numel(), 1)
     # clone: megatron-core divides the returned loss in place by the number of micro-batches
     return loss, {"lm loss": loss.detach().clone()}
-
-
-def mlm_forward_step(data_iterator, model):
-    batch = next(data_iterator)
-    output = model(batch["tokens"], batch["padding_mask"], lm_positions=batch["lm_positions"])
-    return output, partial(mlm_loss, batch)
