@@ -245,8 +245,8 @@ def main(argv=None) -> None:
                 continue
             save = str(work / f"seed-{seed}" / arm)
             if not Path(save, "latest_checkpointed_iteration.txt").exists():
-                timed(f"seed {seed} {arm}", lambda: pretrain(make_run(args, data, spm, steps, save=save, load=plm,
-                                                                      seed=seed, **objective)))
+                run = make_run(args, data, spm, steps, save=save, load=plm, seed=seed, **objective)
+                timed(f"seed {seed} {arm}", lambda run=run: pretrain(run))
             arms[arm] = {"steps": steps, **measure(args, data, spm, save, nll_index)}
             results_path.write_text(json.dumps(results, indent=2))
     results_path.write_text(json.dumps(results, indent=2))

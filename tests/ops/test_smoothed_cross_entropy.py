@@ -140,7 +140,9 @@ def test_bad_arguments(single_process):
 def _tp2_worker(rank, world):
     runtime.init_model_parallel(2, 1)
     width = PADDED // world
-    shard = lambda x: x[:, rank * width:(rank + 1) * width]  # noqa: E731; rank 1's shard holds the padding
+
+    def shard(x):  # rank 1's shard holds the padding
+        return x[:, rank * width:(rank + 1) * width]
     check_against_naive(shard, tp=world, rank=rank)
     check_alpha_zero_is_megatron(shard)
 
