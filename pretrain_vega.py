@@ -6,7 +6,7 @@ reshard and resume; --mock-data trains without files, --dry-run checks a layout 
 """
 from megatron_vega.config import world_size
 from megatron_vega.errors import exit_on_input_error
-from megatron_vega.objectives.arguments import build_parser, run_config
+from megatron_vega.objectives.arguments import build_objective, build_parser, run_config
 
 
 def main(argv=None) -> None:
@@ -16,7 +16,7 @@ def main(argv=None) -> None:
         run.data.validate()
         if args.dry_run:
             from megatron_vega.training.dry_run import dry_run
-            dry_run(run, world_size())
+            dry_run(run, world_size(), build_objective(run).flops_per_token())
             return
         from megatron_vega.objectives.pretrain import pretrain
         pretrain(run)

@@ -217,7 +217,8 @@ def table(res: dict) -> str:
         rows.append(f"| {name} | {1e3 * t['min']:.0f} / {1e3 * t['median']:.0f} / {1e3 * t['max']:.0f} | "
                     f"{1e3 * t['cpu']['median']:.0f} | {gf} | "
                     f"{common.gib(m.get('peak_rss'))} | {common.gib(m.get('step_peak'))} |")
-    rows.append(f"\nspeed-up ours vs HF (module): median {res['speedup_median']:.2f}x, best {res['speedup_best']:.2f}x, "
+    rows.append(f"\nspeed-up ours vs HF (module): median {res['speedup_median']:.2f}x, "
+                f"best {res['speedup_best']:.2f}x, "
                 f"by CPU time {res['speedup_cpu']:.2f}x")
     return "\n".join(rows)
 

@@ -190,7 +190,8 @@ def render(record, peaks, slow_bf16, results, profile, planned, quick) -> str:
             "logits over the full vocabulary at every position (labels = -100 elsewhere); ours only at the labelled "
             "positions (`lm_positions`). fp32: fp32 weights for both. bf16: HF under bf16 autocast (fp32 weights); "
             "ours with bf16 weights and fp32 master weights + AdamW state. MFU = model FLOPs (head at labelled "
-            "positions only, the same count for both) x tokens/s / GEMM peak of the dtype (the fastest measured way to a "
+            "positions only, the same count for both) x tokens/s / GEMM peak of the dtype "
+            "(the fastest measured way to a "
             "product of that dtype, see Machine); HFU counts the FLOPs "
             "each actually executes (HF: head at all positions). Memory: peak RSS of a fresh process doing 2 steps; "
             "step peak = peak minus RSS after building model + optimizer.", ""]
@@ -244,7 +245,8 @@ def render(record, peaks, slow_bf16, results, profile, planned, quick) -> str:
 
 def summary(results) -> str:
     step_res, attn_res = results["step"], results["attention"]
-    rows = ["## Summary", "", "| benchmark | ours | HF | speed-up (wall, median) | speed-up (CPU time) | MFU ours / HF |"
+    rows = ["## Summary", "",
+            "| benchmark | ours | HF | speed-up (wall, median) | speed-up (CPU time) | MFU ours / HF |"
             " peak RSS ours / HF GiB |", "|---|---|---|---|---|---|---|"]
     for r in step_res:
         if "speedup_median" not in r:
@@ -270,7 +272,8 @@ def summary(results) -> str:
                 continue
             mem = " / ".join(common.gib((m.get(c) or {}).get("peak_rss")) for c in ("fused", "naive"))
             rows.append(f"| SE loss {d['dtype']} (fused vs naive) | {1e3 * t['fused']['median']:.0f} ms | "
-                        f"{1e3 * t['naive']['median']:.0f} ms (naive) | {t['naive']['median'] / t['fused']['median']:.2f}x"
+                        f"{1e3 * t['naive']['median']:.0f} ms (naive) | "
+                        f"{t['naive']['median'] / t['fused']['median']:.2f}x"
                         f" | {t['naive']['cpu']['median'] / t['fused']['cpu']['median']:.2f}x | - | {mem} |")
     for r in results["parallel"]:
         res = r["results"]

@@ -151,7 +151,8 @@ class ParallelConfig:
         vp = self.num_layers_per_virtual_pipeline_stage
         if vp is not None:
             if pp < 2:
-                raise VegaInputError("--num-layers-per-virtual-pipeline-stage", "needs --pipeline-model-parallel-size > 1")
+                raise VegaInputError("--num-layers-per-virtual-pipeline-stage",
+                                     "needs --pipeline-model-parallel-size > 1")
             if (model.num_layers // pp) % vp:
                 raise VegaInputError("--num-layers-per-virtual-pipeline-stage",
                                      f"{vp} does not divide the {model.num_layers // pp} layers of a stage")

@@ -6,7 +6,8 @@ import sys
 
 from tests.conftest import REPO
 
-_LOG_LINE = re.compile(r"^iteration\s+(\d+)/\s*\d+ \|.*\| lr (\S+) \| loss (\S+) \| grad norm (\S+) \| loss scale (\S+)",
+_LOG_LINE = re.compile(r"^iteration\s+(\d+)/\s*\d+ \|.*\| lr (\S+) \| loss (\S+) \| grad norm (\S+) "
+                       r"\| loss scale (\S+)",
                        re.MULTILINE)
 
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from megatron_vega.data.corpus import IndexedDatasetWriter
-from megatron_vega.data.text_input import (check_input_file, decode_document, is_jsonl, iter_raw_chunks,
-                                           split_documents)
+from megatron_vega.data.text_input import check_input_file, decode_document, is_jsonl, iter_raw_chunks, split_documents
 from megatron_vega.data.tokenizer import VegaTokenizer
 from megatron_vega.errors import VegaInputError
 

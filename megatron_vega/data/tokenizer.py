@@ -74,7 +74,8 @@ class VegaTokenizer:
         return self._sp.decode([int(i) for i in ids if 0 <= int(i) < pieces])
 
     def id_to_piece(self, i: int) -> str:
-        return self._sp.id_to_piece(int(i)) if i < self._sp.get_piece_size() else self.appended[i - self._sp.get_piece_size()]
+        size = self._sp.get_piece_size()
+        return self._sp.id_to_piece(int(i)) if i < size else self.appended[i - size]
 
 
 class SyntheticVocab:

@@ -27,7 +27,7 @@ class TaskModel(MegatronModule):
 
 def build_task_model(task: str, model_cfg, tc, cls_dropout: float, seed: int) -> TaskModel:
     """Seeded (layout-independent) weights; a checkpoint, if any, is loaded on top by the caller."""
-    [encoder] = build_model(model_cfg, tc, add_mlm_head=False)
+    [encoder] = build_model(model_cfg, tc, heads=())
     init_weights([encoder], seed)
     head = build_head(task, model_cfg.hidden_size, cls_dropout)
     init_head(head, model_cfg.init_method_std, seed)

@@ -39,17 +39,14 @@ def chunk_layer_ranges(num_layers: int, pp: int, vp: int | None) -> list[list[tu
     return [[((c * pp + r) * per, (c * pp + r + 1) * per) for c in range(chunks)] for r in range(pp)]
 
 
-def build_model(cfg: ModelConfig, tc: TransformerConfig, add_mlm_head: bool = True,
-                recompute: str | None = None, heads: Sequence[HeadSpec] | None = None,
-                name: str = "") -> list[VegaModel]:
+def build_model(cfg: ModelConfig, tc: TransformerConfig, recompute: str | None = None,
+                heads: Sequence[HeadSpec] = (MLM_HEAD,), name: str = "") -> list[VegaModel]:
     """The chunks this rank holds (one without virtual pipeline stages), on this machine's device. heads: the last
-    chunk's heads (model/heads.py; the objective's), default the MLM head, none with add_mlm_head=False (the
-    encoder alone, as fine-tuning builds it). name: the model's name in its global parameter names."""
+    chunk's heads (model/heads.py; the objective's), default the MLM head, none with heads=() (the encoder
+    alone, as fine-tuning builds it). name: the model's name in its global parameter names."""
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     rank = parallel_state.get_pipeline_model_parallel_rank()
     ranges = chunk_layer_ranges(cfg.num_layers, pp, tc.virtual_pipeline_model_parallel_size)[rank]
-    if heads is None:
-        heads = (MLM_HEAD,) if add_mlm_head else ()
     chunks = []
     for first, last in ranges:
         model = VegaModel(cfg, tc, layers=(first, last), pre_process=first == 0, post_process=last == cfg.num_layers,

@@ -1,4 +1,4 @@
-"""The post-LN encoder layer and the nGiE convolution (DeBERTa-v2, method_spec §4.4-4.5)."""
+"""The post-LN encoder layer and the nGiE convolution (DeBERTa-v2; docs/attention.md)."""
 import torch
 import torch.nn.functional as F
 from megatron.core import tensor_parallel

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
@@ -110,7 +109,8 @@ class VegaModel(MegatronModule):
         """The rank's sequence chunk of a replicated [s, b, ...] tensor under sequence parallelism."""
         if not self.sequence_parallel:
             return x
-        tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        rank = parallel_state.get_tensor_model_parallel_rank()
         return x.chunk(tp, dim=0)[rank]
 
     # Injected vectors (soft prompts, SiFT's noise) enter through this hook only; see ``embedding_hook``.

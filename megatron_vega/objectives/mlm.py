@@ -1,4 +1,4 @@
-"""Masked language modelling (method_spec §1.1): cross-entropy of the gold token at the masked positions."""
+"""Masked language modelling (docs/objectives.md): cross-entropy of the gold token at the masked positions."""
 from functools import partial
 
 from megatron_vega.model.heads import MLM_HEAD

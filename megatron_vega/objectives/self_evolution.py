@@ -1,4 +1,4 @@
-"""Self-evolution stage 2 (method_spec §1.2-1.3): train on the positions mined by stage 1 (selfevolution/stage1.py)
+"""Self-evolution stage 2 (docs/self_evolution.md): train on the positions mined by stage 1 (selfevolution/stage1.py)
 against smoothed labels ỹ = (1-α)·onehot + α·r, where r is the model's own prediction on the ORIGINAL (unmasked)
 block.
 

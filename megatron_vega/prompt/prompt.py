@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 
-from megatron_vega.model.seeding import name_seeded_generator
 from megatron_vega.model.attention_inputs import AttentionInputs
+from megatron_vega.model.seeding import name_seeded_generator
 
 
 class PromptEncoder(torch.nn.Module):

@@ -137,9 +137,9 @@ def mine(run, mining: MiningConfig) -> None:
     """Stage 1 over the train split of run.data with the weights of run.checkpoint.load; writes mining.output."""
     from megatron_vega import runtime
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
+    from megatron_vega.data.tokenizer import vocabulary
     from megatron_vega.model.build import build_model, transformer_config
     from megatron_vega.training import checkpointing
-    from megatron_vega.data.tokenizer import vocabulary
     _, world = runtime.init_distributed()
     dp = run.parallel.validate(run.model, world)
     runtime.init_model_parallel(run.parallel.tensor_model_parallel_size, run.parallel.pipeline_model_parallel_size,
@@ -185,9 +185,9 @@ def mean_nll_on_index(run, index) -> float:
     weights: the quantity self-evolution should lower (docs/self_evolution.md). One replica, any TP/PP."""
     from megatron_vega import runtime
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
+    from megatron_vega.data.tokenizer import vocabulary
     from megatron_vega.model.build import build_model, transformer_config
     from megatron_vega.training import checkpointing
-    from megatron_vega.data.tokenizer import vocabulary
     runtime.init_distributed()
     runtime.init_model_parallel(run.parallel.tensor_model_parallel_size, run.parallel.pipeline_model_parallel_size)
     tc = transformer_config(run.model, run.parallel)

@@ -13,8 +13,14 @@ import sys
 
 from megatron_vega.errors import VegaInputError, exit_on_input_error
 from megatron_vega.superglue import metrics
-from megatron_vega.superglue.readers import (DATA_LABELS, TASKS, describe_key, gold_labels, prediction_keys,
-                                             read_examples)
+from megatron_vega.superglue.readers import (
+    DATA_LABELS,
+    TASKS,
+    describe_key,
+    gold_labels,
+    prediction_keys,
+    read_examples,
+)
 from megatron_vega.superglue.submission import bundle, read_predictions
 
 

@@ -14,8 +14,15 @@ import zipfile
 from pathlib import Path
 
 from megatron_vega.errors import VegaInputError
-from megatron_vega.superglue.readers import (DATA_LABELS, TASKS, Record, check_task, describe_key,
-                                             prediction_keys, read_jsonl_records)
+from megatron_vega.superglue.readers import (
+    DATA_LABELS,
+    TASKS,
+    Record,
+    check_task,
+    describe_key,
+    prediction_keys,
+    read_jsonl_records,
+)
 
 # On-disk label spelling per Python value, for the tasks whose spelling differs from the data's.
 _BOOL_SPELLING = {

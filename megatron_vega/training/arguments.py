@@ -9,8 +9,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from megatron_vega.cli import add_dataclass_flags, apply_flags, option
-from megatron_vega.config import (PRESETS, CheckpointConfig, LoggingConfig, ModelConfig, ParallelConfig, TrainConfig,
-                                  model_preset)
+from megatron_vega.config import (
+    PRESETS,
+    CheckpointConfig,
+    LoggingConfig,
+    ModelConfig,
+    ParallelConfig,
+    TrainConfig,
+    model_preset,
+)
 from megatron_vega.data.config import DataConfig
 from megatron_vega.data.tokenizer import VegaTokenizer
 from megatron_vega.training.checkpoint_args import resolve_model

@@ -5,8 +5,9 @@ from megatron_vega.model.parameter_count import count_parameters
 from megatron_vega.training.flops import memory_per_rank, train_flops_per_token
 
 
-def dry_run(run, world: int) -> dict:
-    """Raise VegaInputError (naming the flag) for an impossible layout; return and print the plan."""
+def dry_run(run, world: int, flops_per_token: float | None = None) -> dict:
+    """Raise VegaInputError (naming the flag) for an impossible layout; return and print the plan.
+    ``flops_per_token``: the objective's model FLOPs per trained token (default: MLM's)."""
     model, par, tr, data = run.model, run.parallel, run.train, run.data
     dp = par.validate(model, world)
     gbs = tr.global_batch_size or tr.micro_batch_size * dp
@@ -19,7 +20,8 @@ def dry_run(run, world: int) -> dict:
     micro_batches = gbs // (tr.micro_batch_size * dp)
     memory = memory_per_rank(model, par, data.seq_length, tr.micro_batch_size, dp, tr.precision,
                              micro_batches=micro_batches, predicted_fraction=data.mask_prob)
-    flops = train_flops_per_token(model, data.seq_length, data.mask_prob, micro_batch_size=tr.micro_batch_size)
+    flops = flops_per_token or train_flops_per_token(model, data.seq_length, data.mask_prob,
+                                                     micro_batch_size=tr.micro_batch_size)
     plan = {"world": world, "tp": par.tensor_model_parallel_size, "pp": par.pipeline_model_parallel_size, "dp": dp,
             "global_batch": gbs, "micro_batches": micro_batches, "parameters": params,
             "memory_gib": {k: v / 2**30 for k, v in memory.items()}, "train_flops_per_token": flops}
@@ -29,5 +31,6 @@ def dry_run(run, world: int) -> dict:
     print(f"parameters: {params:,} ({params / 1e9:.2f}B)")
     print("memory per rank (GiB, estimate): " + ", ".join(f"{k} {v:.2f}" for k, v in gib.items())
           + f", total {sum(gib.values()):.2f}")
-    print(f"model FLOPs per token (training, MLM head at {data.mask_prob:.0%} of positions): {flops / 1e9:.2f} GFLOP")
+    print(f"model FLOPs per token (training, objective {run.objective.objective}, MLM head at {data.mask_prob:.0%} "
+          f"of positions): {flops / 1e9:.2f} GFLOP")
     return plan

@@ -99,8 +99,8 @@ def memory_per_rank(cfg: ModelConfig, par: ParallelConfig, seq_length: int, micr
     micro-batch in flight: 1F1B keeps min(PP, micro-batches) on the first stage. 'full' recompute adds one layer
     rebuilt at a time in the backward. With PP = 1 the rank also holds the MLM head at the predicted positions
     only (n = fraction·s·b: 8nh for dense, GELU, LayerNorm; fp32 logits and the loss's fp32 softmax, 8n·V/tp).
-    fp32 training doubles the activations (not the fp32 logits). Not counted: the CUDA context, NCCL and allocator buffers and
-    fragmentation, and the interleaved schedule's extra in-flight micro-batches.
+    fp32 training doubles the activations (not the fp32 logits). Not counted: the CUDA context, NCCL and allocator
+    buffers and fragmentation, and the interleaved schedule's extra in-flight micro-batches.
     """
     n = params_per_rank(cfg, par)
     tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size

@@ -41,7 +41,8 @@ class TrainingLog:
                   f"TFLOP/s/rank {tflops:.3f}"]
         if self.peak_tflops:
             fields.append(f"MFU {100 * tflops / self.peak_tflops:.1f}%")
-        fields += [f"peak mem {runtime.peak_memory_bytes() / 2**30:.2f} GiB", "ETA " + ("n/a" if eta is None else _duration(eta))]
+        fields += [f"peak mem {runtime.peak_memory_bytes() / 2**30:.2f} GiB",
+                   "ETA " + ("n/a" if eta is None else _duration(eta))]
         fields += [f"{k} {v:.6f}" for k, v in (extra or {}).items()]
         if self.writer is not None:
             scalars = {"lr": lr, "loss": loss, "grad-norm": grad_norm, "loss-scale": loss_scale,

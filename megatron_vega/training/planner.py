@@ -152,7 +152,8 @@ def format_plan(result: dict, model_name: str, top: int = 20) -> str:
         m = r["memory_gib"]
         lines.append(
             f"{i:>3}  {r['tp']:>2} {r['pp']:>2} {r['dp']:>4}  {'on ' if r['sequence_parallel'] else 'off'} "
-            f" {r['recompute'] or 'none':<9}  {'on ' if r['distributed_optimizer'] else 'off'}     {r['micro_batches']:>6} "
+            f" {r['recompute'] or 'none':<9}  {'on ' if r['distributed_optimizer'] else 'off'}"
+            f"     {r['micro_batches']:>6} "
             f" {m['weights']:>7.2f} {m['gradients']:>6.2f} {m['optimizer']:>6.2f} {m['activations']:>6.2f} "
             f"{m['total']:>7.2f}  {'yes' if r['fits'] else 'NO ':<4}  {100 * r['bubble']:>5.1f}%  "
             f"{r['hardware_flops_per_token'] / 1e9:>12.2f}  {100 * r['hfu_needed']:>9.1f}%")

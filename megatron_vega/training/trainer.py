@@ -11,8 +11,6 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_vega import runtime
@@ -24,7 +22,7 @@ from megatron_vega.ops import kernels
 from megatron_vega.training import checkpointing, resume
 from megatron_vega.training.batches import microbatches
 from megatron_vega.training.log import TrainingLog
-from megatron_vega.training.optimizer import build_optimizer
+from megatron_vega.training.optimizer import lr_scheduler, megatron_optimizer
 
 
 def print_last(*args) -> None:
@@ -72,18 +70,11 @@ class Trainer:
             configs.append(tc)
         self.model, self.tc = next(iter(self.models.values())), configs[0]
         all_chunks = [m for chunks in self.models.values() for m in chunks]
-        self.optimizer = build_optimizer(OptimizerConfig(
-            optimizer="adam", lr=tr.lr, min_lr=tr.min_lr, weight_decay=tr.weight_decay, adam_beta1=tr.adam_beta1,
-            adam_beta2=tr.adam_beta2, adam_eps=tr.adam_eps, clip_grad=tr.clip_grad, bf16=tr.bf16, fp16=tr.fp16,
-            params_dtype=DTYPES[tr.precision], loss_scale=tr.loss_scale, initial_loss_scale=tr.initial_loss_scale,
-            min_loss_scale=tr.min_loss_scale, loss_scale_window=tr.loss_scale_window, hysteresis=tr.hysteresis,
-            use_distributed_optimizer=par.use_distributed_optimizer), all_chunks)
+        self.optimizer = megatron_optimizer(tr, all_chunks, par.use_distributed_optimizer)
         decay = tr.lr_decay_iters or tr.train_iters
         warmup = int(tr.lr_warmup_fraction * decay) if tr.lr_warmup_fraction is not None else tr.lr_warmup_iters
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer, init_lr=0.0, max_lr=tr.lr, min_lr=tr.min_lr, lr_warmup_steps=warmup,
-            lr_decay_steps=decay, lr_decay_style=tr.lr_decay_style, start_wd=tr.weight_decay,
-            end_wd=tr.weight_decay, wd_incr_steps=tr.train_iters, wd_incr_style="constant")
+        self.scheduler = lr_scheduler(self.optimizer, tr, train_steps=tr.train_iters, decay_steps=decay,
+                                      warmup_steps=warmup, decay_style=tr.lr_decay_style)
         for tc, chunks in zip(configs, self.models.values(), strict=True):  # each model's schedules read its own config
             tc.finalize_model_grads_func = finalize_model_grads
             tc.grad_scale_func = self.optimizer.scale_loss

@@ -12,7 +12,8 @@ from tests.conftest import REPO
 
 def run_tool(script: str, *args, cwd=None) -> subprocess.CompletedProcess:
     """Run tools/<script> (or a -m module when script starts with '-m ') in a fresh interpreter."""
-    command = [sys.executable, *script.split()] if script.startswith("-m ") else [sys.executable, str(REPO / "tools" / script)]
+    tool = str(REPO / "tools" / script)
+    command = [sys.executable, *script.split()] if script.startswith("-m ") else [sys.executable, tool]
     return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, cwd=cwd or REPO,
                           timeout=120)
 

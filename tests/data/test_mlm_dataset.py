@@ -76,7 +76,8 @@ def test_data_parallel_slicing_does_not_change_samples(corpora):
         per_rank = [iter(MicroBatchSampler(0, 8, micro, r, dp_size)) for r in range(dp_size)]
         batches = []
         for _ in range(steps):
-            indices = sorted(i for r in range(dp_size) for _ in range(8 // (micro * dp_size)) for i in next(per_rank[r]))
+            steps = 8 // (micro * dp_size)
+            indices = sorted(i for r in range(dp_size) for _ in range(steps) for i in next(per_rank[r]))
             batches.append(collate([dataset[i] for i in indices]))
         return batches
 

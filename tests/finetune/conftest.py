@@ -5,8 +5,7 @@ import pytest
 import torch.distributed as dist
 
 from megatron_vega import runtime
-from megatron_vega.finetune.config import (FinetuneRun, OptimConfig, SiftConfig, TaskConfig,
-                                           TransductiveConfig)
+from megatron_vega.finetune.config import FinetuneRun, OptimConfig, SiftConfig, TaskConfig, TransductiveConfig
 
 
 @pytest.fixture

@@ -3,8 +3,16 @@ import numpy as np
 import pytest
 
 from megatron_vega.data.tokenizer import VegaTokenizer
-from megatron_vega.finetune.features import (NO_SCORE, Sample, TextEncoder, collate, instance_scores, make_samples,
-                                             truncated_lengths, window_starts)
+from megatron_vega.finetune.features import (
+    NO_SCORE,
+    Sample,
+    TextEncoder,
+    collate,
+    instance_scores,
+    make_samples,
+    truncated_lengths,
+    window_starts,
+)
 from megatron_vega.superglue.formats import Instance, Span, build_instances, predictions_from_scores
 from megatron_vega.superglue.readers import read_examples
 

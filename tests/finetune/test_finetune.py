@@ -74,9 +74,9 @@ def test_encoder_loads_from_a_pretraining_checkpoint(world_of_one, superglue, sp
 
     from megatron_vega.config import model_preset
     from megatron_vega.data.mlm_dataset import build_mlm_datasets
+    from megatron_vega.data.tokenizer import vocabulary
     from megatron_vega.finetune.run import Run
     from megatron_vega.model.weights import gather_full_state_dict
-    from megatron_vega.data.tokenizer import vocabulary
     from megatron_vega.objectives.pretrain import build_trainer
     from tests.training.helpers import tiny_run as pretraining_run
 

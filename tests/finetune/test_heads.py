@@ -6,8 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from megatron_vega.finetune.sift import kl, symmetric_kl
-from megatron_vega.model.heads import (MentionScoringHead, MultipleChoiceHead, SequenceClassificationHead,
-                                       SpanPairHead, init_head, span_pool)
+from megatron_vega.model.heads import (
+    MentionScoringHead,
+    MultipleChoiceHead,
+    SequenceClassificationHead,
+    SpanPairHead,
+    init_head,
+    span_pool,
+)
 
 
 def test_span_pool_matches_a_loop_over_spans():

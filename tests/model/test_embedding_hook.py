@@ -11,7 +11,7 @@ from tests.model.helpers import padded_batch, tiny_config
 
 def _model():
     cfg = tiny_config()
-    [model] = build_model(cfg, transformer_config(cfg, ParallelConfig()), add_mlm_head=False)
+    [model] = build_model(cfg, transformer_config(cfg, ParallelConfig()), heads=())
     init_weights([model], 5)
     return cfg, model.eval()
 

@@ -48,7 +48,8 @@ def test_score_prints_one_json_object(tmp_path):
 def test_score_multirc_metric_names(tmp_path):
     data = ('{"idx": 0, "passage": {"text": "t", "questions": [{"idx": 0, "question": "q", "answers": '
             '[{"idx": 0, "text": "a", "label": 1}, {"idx": 1, "text": "b", "label": 0}]}]}}\n')
-    preds = '{"idx": 0, "passage": {"questions": [{"idx": 0, "answers": [{"idx": 0, "label": 1}, {"idx": 1, "label": 0}]}]}}\n'
+    preds = ('{"idx": 0, "passage": {"questions": [{"idx": 0, "answers": [{"idx": 0, "label": 1}, '
+             '{"idx": 1, "label": 0}]}]}}\n')
     result = score("MultiRC", write(tmp_path / "val.jsonl", data), write(tmp_path / "MultiRC.jsonl", preds))
     assert json.loads(result.stdout) == {"f1a": 1.0, "em": 1.0}
 

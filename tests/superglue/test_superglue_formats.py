@@ -1,11 +1,28 @@
 """Instances per task (docs/superglue_formats.md) and decoding model scores back into predictions."""
 import pytest
 
-from megatron_vega.superglue.formats import (Instance, Span, build_instances, label_index, label_names,
-                                             predictions_from_scores, wsc_char_span)
-from megatron_vega.superglue.readers import (COPAExample, MultiRCAnswer, MultiRCExample, MultiRCQuestion,
-                                             PairExample, ReCoRDExample, ReCoRDQuery, WiCExample, WSCExample,
-                                             gold_labels, read_examples)
+from megatron_vega.superglue.formats import (
+    Instance,
+    Span,
+    build_instances,
+    label_index,
+    label_names,
+    predictions_from_scores,
+    wsc_char_span,
+)
+from megatron_vega.superglue.readers import (
+    COPAExample,
+    MultiRCAnswer,
+    MultiRCExample,
+    MultiRCQuestion,
+    PairExample,
+    ReCoRDExample,
+    ReCoRDQuery,
+    WiCExample,
+    WSCExample,
+    gold_labels,
+    read_examples,
+)
 from megatron_vega.superglue.scoring import evaluate
 
 COPA = [COPAExample(7, "The man fell.", "He slipped.", "He sang.", "cause", 0),

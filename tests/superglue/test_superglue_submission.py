@@ -4,9 +4,18 @@ import zipfile
 import pytest
 
 from megatron_vega.errors import VegaInputError
-from megatron_vega.superglue.readers import (BoolQExample, COPAExample, MultiRCAnswer, MultiRCExample,
-                                             MultiRCQuestion, PairExample, ReCoRDExample, ReCoRDQuery,
-                                             WiCExample, WSCExample)
+from megatron_vega.superglue.readers import (
+    BoolQExample,
+    COPAExample,
+    MultiRCAnswer,
+    MultiRCExample,
+    MultiRCQuestion,
+    PairExample,
+    ReCoRDExample,
+    ReCoRDQuery,
+    WiCExample,
+    WSCExample,
+)
 from megatron_vega.superglue.submission import bundle, read_predictions, submission_name, write_predictions
 
 MULTIRC = [MultiRCExample(0, "P0", (MultiRCQuestion(0, "q", (MultiRCAnswer(0, "a", None), MultiRCAnswer(1, "b", None))),

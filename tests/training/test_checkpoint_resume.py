@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from torch.multiprocessing import ProcessExitedException
 
 from tests.distributed import spawn
 from tests.training.helpers import tiny_run, train_and_record
@@ -54,7 +55,7 @@ def _load_after_kill(rank, world, root):
 
 @pytest.mark.slow
 def test_killed_save_leaves_previous_checkpoint_as_latest(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(ProcessExitedException, match="exit code 17"):  # the rank died mid-save (os._exit(17))
         spawn(_killed_during_save, 1, str(tmp_path))
     run = tmp_path / "run"
     assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "2"

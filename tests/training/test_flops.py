@@ -3,8 +3,14 @@
 import pytest
 
 from megatron_vega.config import ParallelConfig, model_preset
-from megatron_vega.training.flops import (forward_flops_per_token, layer_activation_bytes, memory_per_rank,
-                                          params_per_rank, recompute_flops_per_token, train_flops_per_token)
+from megatron_vega.training.flops import (
+    forward_flops_per_token,
+    layer_activation_bytes,
+    memory_per_rank,
+    params_per_rank,
+    recompute_flops_per_token,
+    train_flops_per_token,
+)
 
 TINY = model_preset("tiny")
 
