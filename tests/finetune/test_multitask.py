@@ -71,7 +71,8 @@ def test_multitask_then_single_task_from_it(world_of_one, superglue, spm_path, t
     run.multitask = MultitaskConfig(multitask="CB,COPA")
     run.pdr.pdr, run.pdr.pdr_noise = True, 0.1
     summary = finetune_multitask(run)
-    assert set(summary["dev"]) == {"CB", "COPA"} and summary["steps_per_task"] == {"CB": 4 * summary["epoch"], "COPA": 4 * summary["epoch"]}
+    assert set(summary["dev"]) == {"CB", "COPA"}
+    assert summary["steps_per_task"] == {"CB": 4 * summary["epoch"], "COPA": 4 * summary["epoch"]}
     assert summary["mean_dev"] == pytest.approx((sum(summary["dev"]["CB"].values()) / 2
                                                  + summary["dev"]["COPA"]["accuracy"]) / 2, abs=1e-6)
     assert sorted(p.name for p in (tmp_path / "mt").iterdir()) == ["CB.jsonl", "COPA.jsonl"]
