@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node N finetune_superglue.py --task CB --data-dir DIR --load CKPT \
         --tensor-model-parallel-size T --epochs 3 --lr 1e-5 [--sift] [--transductive-rounds 1] --predict OUT
+    ... --multitask CB,RTE,COPA --data-dir DIR [--pdr] --save MT; then --task CB --load MT   # MT-DNN, 2 stages
     WORLD_SIZE=16 python finetune_superglue.py [same flags] --dry-run   # check the layout, read nothing
     python finetune_superglue.py score --task CB --data-file val.jsonl --predictions OUT/CB.jsonl
     python finetune_superglue.py bundle --predictions-dir OUT --output submission.zip
@@ -34,7 +35,10 @@ def main(argv=None) -> int:
             from megatron_vega.finetune.dry_run import dry_run
             dry_run(run, world_size())
             return 0
-        from megatron_vega.finetune.run import finetune
+        if run.multitask.multitask:
+            from megatron_vega.finetune.multitask_run import finetune_multitask as finetune
+        else:
+            from megatron_vega.finetune.run import finetune
         finetune(run)
     return 0
 

@@ -4,11 +4,13 @@ import argparse
 from megatron_vega.cli import add_dataclass_flags, apply_flags
 from megatron_vega.config import PRESETS
 from megatron_vega.errors import VegaInputError
+from megatron_vega.finetune import config as robust  # PDR and multi-task groups (docs/pdr_and_multitask.md)
 from megatron_vega.finetune.config import FinetuneRun, OptimConfig, SiftConfig, TaskConfig, TransductiveConfig
 from megatron_vega.prompt.config import PandaConfig, PromptConfig
 
 _GROUPS = {"task": TaskConfig, "optim": OptimConfig, "sift": SiftConfig, "transductive": TransductiveConfig,
-           "prompt": PromptConfig, "panda": PandaConfig}
+           "prompt": PromptConfig, "panda": PandaConfig, "pdr": robust.PdrConfig,
+           "multitask": robust.MultitaskConfig}
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

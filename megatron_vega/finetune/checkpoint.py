@@ -26,29 +26,46 @@ def read_extra(root: str) -> dict:
     return extra
 
 
-def _model_state(model, with_head: bool) -> dict:
+def _model_state(model, heads: dict) -> dict:
+    """The encoder's sharded tensors and those of ``heads`` ({name prefix: head module}, e.g. {"": the head} or,
+    for a multi-task model, {"heads.CB.": CB's head, ...})."""
     state = sharded_state_dict([model.encoder])
-    if with_head:
-        for name, p in model.head.named_parameters():
-            state[name] = make_sharded_tensor_for_checkpoint(p, name)
+    for prefix, head in heads.items():
+        for name, p in head.named_parameters():
+            state[prefix + name] = make_sharded_tensor_for_checkpoint(p, prefix + name)
     return state
 
 
-def load(root: str, model, with_head: bool) -> None:
-    """Copy the checkpoint's encoder (and head) tensors into this rank's shards. Collective."""
-    path, state = checkpoint_path(root), _model_state(model, with_head)
+def load(root: str, model, with_head: bool, heads: dict | None = None) -> None:
+    """Copy the checkpoint's encoder (and head) tensors into this rank's shards; ``heads`` as in ``_model_state``
+    (default: the model's head under its own names when ``with_head``). Collective."""
+    heads = heads if heads is not None else ({"": model.head} if with_head else {})
+    path, state = checkpoint_path(root), _model_state(model, heads)
     check_tensor_shapes(path, state)  # a model that does not match: one line, not a traceback
     loaded = dist_checkpointing.load({"model": state}, str(path))["model"]
     params = {**parameters_by_global_name([model.encoder]),
-              **({name: [p] for name, p in model.head.named_parameters()} if with_head else {})}
+              **{prefix + name: [p] for prefix, head in heads.items() for name, p in head.named_parameters()}}
     with torch.no_grad():
         for key, tensor in loaded.items():
             for p in params[key]:
                 p.copy_(tensor)
 
 
-def save(root: str, iteration: int, model, extra: dict) -> Path:
-    """Write the model's weights as checkpoint ``iteration`` of ``root`` and publish it. Collective."""
+def save(root: str, iteration: int, model, extra: dict, heads: dict | None = None) -> Path:
+    """Write the model's weights (its head, or ``heads`` as in ``_model_state``) as checkpoint ``iteration`` of
+    ``root`` and publish it. Collective."""
     layout = {"tp": parallel_state.get_tensor_model_parallel_world_size(), "pp": 1,
               "dp": parallel_state.get_data_parallel_world_size()}
-    return publish(root, iteration, {"model": _model_state(model, True), "extra": extra, "layout": layout})
+    state = _model_state(model, heads if heads is not None else {"": model.head})
+    return publish(root, iteration, {"model": state, "extra": extra, "layout": layout})
+
+
+def checkpoint_heads(extra: dict, heads: dict) -> dict:
+    """Which of ``heads`` ({task: head module}) a checkpoint with this ``extra`` holds, as {name prefix: head}: a
+    single-task checkpoint its task's head (unprefixed), a multi-task one (docs/pdr_and_multitask.md) each of its
+    tasks' heads under ``heads.<Task>.``; a pretraining checkpoint none."""
+    finetuned = extra.get("finetune", {})
+    if finetuned.get("tasks"):
+        return {f"heads.{task}.": head for task, head in heads.items() if task in finetuned["tasks"]}
+    task = finetuned.get("task")
+    return {"": heads[task]} if task in heads else {}

@@ -8,6 +8,7 @@ from megatron_vega.superglue.formats import COPA_STYLES
 
 FINETUNE_TASKS = ("BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC")
 SIFT_LOSSES = ("symmetric-kl", "kl", "mse")
+PDR_DIVERGENCES = ("js", "hellinger", "symmetric-kl")
 
 
 @dataclass
@@ -83,6 +84,37 @@ class TransductiveConfig:
 
 
 @dataclass
+class PdrConfig:
+    """PDR (docs/pdr_and_multitask.md): a divergence between the posteriors on clean and noisy word embeddings."""
+    pdr: bool = option(False, "Posterior differential regularization.")
+    pdr_divergence: str = option("js", "Divergence between the clean and noisy posteriors.",
+                                 choices=list(PDR_DIVERGENCES))
+    pdr_noise: float = option(1e-5, "Std of the Gaussian noise on the word embeddings, relative to each token's "
+                                    "embedding RMS (MT-DNN's adv_noise_var).")
+    pdr_alpha: float = option(1.0, "Weight of the PDR term (MT-DNN's adv_alpha).")
+
+
+@dataclass
+class MultitaskConfig:
+    """MT-DNN multi-task fine-tuning (docs/pdr_and_multitask.md): one encoder, one head per task."""
+    multitask: str = option("", "Comma-separated tasks trained together (e.g. CB,RTE,COPA), each from "
+                                "<data-dir>/<Task>/; replaces --task.")
+    multitask_temperature: float = option(1.0, "Task sampling: P(task) proportional to its batches^(1/T); T=1 is "
+                                               "MT-DNN's shuffled list (every batch once per epoch).")
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task list, checked: every name known, none twice."""
+        names = [name.strip() for name in self.multitask.split(",")] if self.multitask else []
+        for i, name in enumerate(names):
+            if name not in FINETUNE_TASKS:
+                raise VegaInputError("--multitask", f"unknown task '{name}' (one of {', '.join(FINETUNE_TASKS)})")
+            if name in names[:i]:
+                raise VegaInputError("--multitask", f"{name} is listed twice")
+        return names
+
+
+@dataclass
 class FinetuneRun:
     task: TaskConfig = field(default_factory=TaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -90,12 +122,16 @@ class FinetuneRun:
     transductive: TransductiveConfig = field(default_factory=TransductiveConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     panda: PandaConfig = field(default_factory=PandaConfig)
+    pdr: PdrConfig = field(default_factory=PdrConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
     model_preset: str | None = None  # random initialisation of this preset when there is no --load
 
     def validate(self) -> None:
         """One-line errors for settings that cannot work (the layout is checked against the world later)."""
         t, o, tr = self.task, self.optim, self.transductive
-        if not t.task:
+        if self.multitask.multitask:
+            self._validate_multitask()
+        elif not t.task:
             raise VegaInputError("--task", f"required (one of {', '.join(FINETUNE_TASKS)})")
         if o.pipeline_model_parallel_size != 1:
             raise VegaInputError("--pipeline-model-parallel-size", "fine-tuning does not support pipeline "
@@ -122,3 +158,20 @@ class FinetuneRun:
         if self.prompt.prompt_tuning and t.save:
             raise VegaInputError("--save", "with --prompt-tuning the backbone is frozen: save the prompt and head "
                                            "with --save-prompt FILE")
+        if self.pdr.pdr and (self.prompt.prompt_tuning or self.pdr.pdr_noise <= 0 or self.pdr.pdr_alpha < 0):
+            raise VegaInputError("--pdr", "needs --pdr-noise > 0 and --pdr-alpha >= 0, and not --prompt-tuning "
+                                          "(the prompt owns the embedding hook)")
+
+    def _validate_multitask(self) -> None:
+        t, m = self.task, self.multitask
+        if len(m.tasks) < 2:
+            raise VegaInputError("--multitask", f"needs at least two tasks, got '{m.multitask}'")
+        if t.task:
+            raise VegaInputError("--task", "not with --multitask (it names the tasks)")
+        if t.train_file or t.dev_file or t.test_file or not t.data_dir:
+            raise VegaInputError("--data-dir", "with --multitask every task reads <data-dir>/<Task>/ "
+                                               "(no --train-file, --dev-file or --test-file)")
+        if m.multitask_temperature <= 0:
+            raise VegaInputError("--multitask-temperature", f"must be > 0, got {m.multitask_temperature}")
+        if self.transductive.transductive_rounds or self.prompt.prompt_tuning:
+            raise VegaInputError("--multitask", "not with --transductive-rounds or --prompt-tuning")

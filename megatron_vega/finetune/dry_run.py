@@ -32,9 +32,13 @@ def dry_run(run, world: int) -> dict:
     weights = f"random {run.model_preset}" if run.model_preset else f"{t.load} (shape checked when it loads)"
     extras = [_prompt_summary(run),
               f"SiFT lambda {run.sift.sift_lambda}" if run.sift.sift else "",
+              f"PDR {run.pdr.pdr_divergence} alpha {run.pdr.pdr_alpha} noise {run.pdr.pdr_noise:g}" if run.pdr.pdr
+              else "",
               f"{tr.transductive_rounds} transductive round(s)" if tr.transductive_rounds else "",
               f"predictions -> {t.predict}" if t.predict else ""]
-    print(f"fine-tuning {t.task} from {weights}: {o.epochs} epochs, lr {o.lr:g}, seq {o.seq_length}"
+    what = f"multi-task {run.multitask.multitask} (T {run.multitask.multitask_temperature:g})" \
+        if run.multitask.multitask else t.task
+    print(f"fine-tuning {what} from {weights}: {o.epochs} epochs, lr {o.lr:g}, seq {o.seq_length}"
           + "".join(f", {e}" for e in extras if e))
     return plan
 

@@ -82,9 +82,9 @@ class Run:
         tc = transformer_config(self.model_cfg, par, "bf16" if o.bf16 else "fp32")
         self.model = build_task_model(t.task, self.model_cfg, tc, o.cls_dropout, o.seed)
         if t.load:
-            same_task = extra.get("finetune", {}).get("task") == t.task
-            checkpoint.load(t.load, self.model, with_head=same_task)
-            print_rank0(f"loaded {t.load}: encoder" + (" and head" if same_task else " (new head)"))
+            heads = checkpoint.checkpoint_heads(extra, {t.task: self.model.head})  # a multi-task one too
+            checkpoint.load(t.load, self.model, with_head=bool(heads), heads=heads)
+            print_rank0(f"loaded {t.load}: encoder" + (" and head" if heads else " (new head)"))
         self.prompt_origin, teacher, lam = None, None, 0.0
         if run.prompt.prompt_tuning:
             self.prompt_origin = attach_prompt(run, self.model, self.model_cfg, self.tokenizer, tc.params_dtype)
@@ -99,7 +99,7 @@ class Run:
                         f"(prompt {sum(p.numel() for p in self.model.prompt.parameters()):,} + head "
                         f"{sum(p.numel() for p in self.model.head.parameters()):,})"
                         + (f"; PANDA teacher {run.panda.panda_teacher}, lambda {lam:g} ({where})" if teacher else ""))
-        self.tuner = Finetuner(self.model, o, run.sift, self.tokenizer.pad_id, teacher, run.panda, lam)
+        self.tuner = Finetuner(self.model, o, run.sift, self.tokenizer.pad_id, teacher, run.panda, lam, run.pdr)
         self.samples = {}  # split name -> evaluation samples, tokenised once
 
     def _samples(self, split):

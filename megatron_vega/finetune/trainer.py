@@ -19,8 +19,9 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron_vega import runtime
 from megatron_vega.data.sampler import check_batch_sizes, rank_microbatch_indices
 from megatron_vega.finetune.features import Sample, collate
+from megatron_vega.finetune.pdr import pdr_term
 from megatron_vega.finetune.prompt_tuning import teacher_logits
-from megatron_vega.finetune.sift import sift_forward
+from megatron_vega.finetune.sift import normalize, sift_forward
 from megatron_vega.finetune.task_model import TaskModel
 from megatron_vega.prompt.panda import panda_loss
 from megatron_vega.training.optimizer import lr_scheduler, megatron_optimizer
@@ -42,9 +43,10 @@ class Result:
 
 class Finetuner:
     def __init__(self, model: TaskModel, optim, sift, pad_id: int, teacher: TaskModel | None = None, panda=None,
-                 panda_lambda: float = 0.0):
-        """``teacher``/``panda``/``panda_lambda``: PANDA's frozen teacher, its PandaConfig and lambda."""
-        self.model, self.optim, self.sift, self.pad_id = model, optim, sift, pad_id
+                 panda_lambda: float = 0.0, pdr=None):
+        """``teacher``/``panda``/``panda_lambda``: PANDA's frozen teacher, its PandaConfig and lambda; ``pdr``: a
+        PdrConfig (finetune/pdr.py)."""
+        self.model, self.optim, self.sift, self.pad_id, self.pdr = model, optim, sift, pad_id, pdr
         self.teacher, self.panda, self.panda_lambda = teacher, panda, panda_lambda
         self.ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True),
                                            model)
@@ -66,27 +68,33 @@ class Finetuner:
 
     # -- loss -----------------------------------------------------------------------------------------------------
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Task cross-entropy (+ λ · SiFT adversarial loss, or + PANDA's KD term); also returns the detached
-        (task, adversarial or KD) pair."""
+        """Task cross-entropy (+ λ · SiFT adversarial loss, or + PANDA's KD term) + α · PDR term; also returns the
+        detached (task, adversarial or KD, PDR) triple."""
+        zero = torch.zeros(())
         if self.teacher is not None:
             target = teacher_logits(self.teacher, batch, self.panda.panda_teacher_mode)
             loss, task, kd = panda_loss(self.ddp(batch), target, batch["labels"], self.panda, self.panda_lambda)
-            return loss, torch.stack([task.detach(), kd.detach()])
-        if not self.sift.sift:
-            task = F.cross_entropy(self.ddp(batch), batch["labels"])
-            return task, torch.stack([task.detach(), torch.zeros(())])
+            return loss, torch.stack([task.detach(), kd.detach(), zero])
         encoder = self.model.encoder
 
         def logits_fn(hook):
             with encoder.embedding_hook(hook):
                 return self.ddp(batch)
 
-        logits, adv = sift_forward(logits_fn, self.sift)
-        task = F.cross_entropy(logits, batch["labels"])
-        return task + self.sift.sift_lambda * adv, torch.stack([task.detach(), adv.detach()])
+        logits, adv = sift_forward(logits_fn, self.sift) if self.sift.sift else (self.ddp(batch), zero)
+        loss = task = F.cross_entropy(logits, batch["labels"])
+        if self.sift.sift:
+            loss = loss + self.sift.sift_lambda * adv
+        pdr = zero
+        if self.pdr is not None and self.pdr.pdr:  # with SiFT, the noise goes on SiFT's normalized vectors
+            pdr = pdr_term(logits_fn, logits, self.pdr, (lambda words, tokens: normalize(words)) if self.sift.sift
+                           else None)
+            loss = loss + self.pdr.pdr_alpha * pdr
+        return loss, torch.stack([task.detach(), adv.detach(), pdr.detach()])
 
-    def _device(self, batch: dict) -> dict:
-        return {k: v.to(runtime.device()) for k, v in batch.items()}
+    def _device(self, batch: dict, extra: dict | None = None) -> dict:
+        """The batch on the device, with ``extra`` entries (multi-task: the batch's task id) added."""
+        return {k: v.to(runtime.device()) for k, v in {**batch, **(extra or {})}.items()}
 
     # -- training -------------------------------------------------------------------------------------------------
     def _optimizer_and_schedule(self, total_steps: int):
@@ -97,12 +105,12 @@ class Finetuner:
                                  warmup_steps=int(o.lr_warmup_fraction * total_steps))
         return optimizer, scheduler
 
-    def _step(self, optimizer, scheduler, micro_batches: list[list[Sample]]):
+    def _step(self, optimizer, scheduler, micro_batches: list[list[Sample]], extra: dict | None = None):
         self.ddp.zero_grad_buffer()
         optimizer.zero_grad()
-        parts = torch.zeros(2)
+        parts = torch.zeros(3)
         for samples in micro_batches:
-            loss, pair = self.loss(self._device(collate(samples, self.pad_id)))
+            loss, pair = self.loss(self._device(collate(samples, self.pad_id), extra))
             (loss / len(micro_batches)).backward()
             parts += pair.cpu() / len(micro_batches)
         finalize_model_grads([self.ddp])
@@ -118,7 +126,7 @@ class Finetuner:
         steps_per_epoch = -(-len(samples) // self.global_batch)
         total = steps_per_epoch * o.epochs
         optimizer, scheduler = self._optimizer_and_schedule(total)
-        best, step, logged = None, 0, torch.zeros(2)
+        best, step, logged = None, 0, torch.zeros(3)
         self.ddp.train()
         for epoch in range(1, o.epochs + 1):
             # Same permutation on every rank; the last batch wraps around instead of dropping samples.
@@ -134,10 +142,11 @@ class Finetuner:
                 if step % o.log_interval == 0 or step == total:
                     n = (step - 1) % o.log_interval + 1
                     dist.all_reduce(logged, group=parallel_state.get_data_parallel_group())
-                    task, adv = (logged / (n * self.dp)).tolist()
+                    task, adv, pdr = (logged / (n * self.dp)).tolist()
                     print_rank0(f"{tag} epoch {epoch} step {step}/{total} | lr {optimizer.param_groups[0]['lr']:.3e}"
                                 f" | loss {task:.4f}" + (f" | adv loss {adv:.4f}" if self.sift.sift else "")
                                 + (f" | kd loss {adv:.4f}" if self.teacher is not None else "")
+                                + (f" | pdr loss {pdr:.4g}" if self.pdr is not None and self.pdr.pdr else "")
                                 + (f" | grad norm {grad_norm:.3f}" if grad_norm is not None else ""))
                     logged.zero_()
             score, metrics = evaluate()
@@ -150,14 +159,15 @@ class Finetuner:
 
     # -- inference ------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, samples: list[Sample]) -> list[np.ndarray]:
-        """Logit rows of every sample ([rows, classes] each), computed DP-sharded and gathered on all ranks."""
+    def predict(self, samples: list[Sample], extra: dict | None = None) -> list[np.ndarray]:
+        """Logit rows of every sample ([rows, classes] each), computed DP-sharded and gathered on all ranks;
+        ``extra`` as in ``_device``."""
         self.ddp.eval()
         local = samples[self.dp_rank::self.dp]
         out = []
         for i in range(0, len(local), self.optim.micro_batch_size):
             chunk = local[i:i + self.optim.micro_batch_size]
-            logits = self.ddp(self._device(collate(chunk, self.pad_id))).cpu().numpy()
+            logits = self.ddp(self._device(collate(chunk, self.pad_id), extra)).cpu().numpy()
             out += np.split(logits, np.cumsum([len(s.rows) for s in chunk])[:-1])
         self.ddp.train()
         if self.dp == 1:
