@@ -247,7 +247,9 @@ class CocoLM(Objective):
                  "clm accuracy replaced": ("clm_correct_replaced", "replaced"),
                  "scl accuracy": ("scl_correct", "scl_rows")}
         out = {name: c[num] / c[den].clamp(min=1) for name, (num, den) in ratio.items() if num in c}
-        out["original share"] = c["original_tokens"] / (c["original_tokens"] + c["replaced_tokens"]).clamp(min=1)
+        tokens = (c["original_tokens"] + c["replaced_tokens"]).clamp(min=1)
+        out["copy accuracy"] = (c["copy_correct_original"] + c["copy_correct_replaced"]) / tokens
+        out["original share"] = c["original_tokens"] / tokens
         return out
 
     def training_pass(self, trainer, dataset):
