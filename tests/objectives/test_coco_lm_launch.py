@@ -3,6 +3,8 @@
   inputs depend on neither layout: the sampled replacements agree on the TP ranks and across layouts);
 - the TP=2 checkpoint of step 2 holds both models under their global names and resumes in a fresh TP=1 process
   (resharded) with steps 3 and 4 equal to the TP=2 run's;
+- the main encoder of that checkpoint exports to Hugging Face (DebertaV2Model, no missing or unexpected keys,
+  encoder states within 1e-4);
 - the log carries the generator, copy-head, CLM and SCL fields; PP=2 is refused in one line."""
 import re
 
@@ -61,6 +63,16 @@ def test_coco_lm_tp2_equals_dp2_resumes_at_tp1_and_refuses_pp2(tmp_path):
     assert "loaded" in resumed.stdout and "at iteration 2" in resumed.stdout
     assert sorted(training_log(resumed.stdout)) == [3, 4]
     assert_same_steps(tp2.stdout, resumed.stdout, (3, 4))
+
+    # the main encoder exports as DebertaV2Model (no MLM head with --clm-head projection), generator.* left out
+    exported = launch_ok("tools/convert_checkpoint.py", "to-hf", "--load", tmp_path / "tp2", "--iteration", 2,
+                         "--out", tmp_path / "hf", "--verify")
+    assert "DebertaV2Model" in exported.stdout
+    difference = float(re.search(r"largest \|encoder state difference\| vs transformers = (\S+)", exported.stdout)[1])
+    assert difference < 1e-4
+    from transformers import DebertaV2Model
+    _, info = DebertaV2Model.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
 
     refused = launch(SCRIPT, *FLAGS, "--pipeline-model-parallel-size", 2)
     assert "coco-lm trains at 1 only" in one_line_error(refused, "--pipeline-model-parallel-size")
