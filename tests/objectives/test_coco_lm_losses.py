@@ -2,6 +2,8 @@
 fixed replacements passed in: generator MLM, copy, corrective LM (values and gradients, the weight detached), SCL,
 and the objective's combination of them in its [s, b] / s-major layout; at TP=1 and on vocabulary shards at TP=2.
 The Gumbel-max draw is the full-vocabulary one on every TP rank and follows softmax(z)."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,8 +18,10 @@ from megatron_vega.objectives.coco_lm_losses import (
     masked_lm_loss,
     sequence_contrastive_loss,
 )
+from megatron_vega.objectives.mlm import MaskedLM
 from megatron_vega.ops.vocab_parallel_sampling import gumbel_noise, row_keys, vocab_parallel_gumbel_sample
 from megatron_vega.training.arguments import RunConfig
+from megatron_vega.training.flops import forward_flops_per_token
 from tests.distributed import spawn
 
 V, B, S, D = 16, 3, 7, 5  # vocabulary (divisible by the TP size), batch, sequence, SCL size
@@ -194,3 +198,19 @@ def test_crop_keeps_one_contiguous_span():
     inner = crop[1:4]
     assert torch.equal(inner, torch.arange(int(inner[0]), int(inner[0]) + 3))
     assert torch.equal(crop, objective.crop(tokens, (tokens != 0).long(), sample_id=5))
+
+
+def test_flops_count_the_generator_and_the_crop_pass():
+    """FLOPs per token = the MLM model's (projection head: no dense transform; plus the copy head) + the
+    generator's 3 x forward + with SCL one more 3 x forward of the main model without head."""
+    run = RunConfig(model=model_preset("tiny"))
+    coco = {scl: CocoLM(replace(run, objective=CocoLMConfig(objective="coco-lm", generator_num_layers=1, scl=scl)))
+            for scl in (False, True)}
+    generator = 3 * forward_flops_per_token(coco[False].generator_config(), run.data.seq_length, run.data.mask_prob,
+                                            run.train.micro_batch_size)
+    main = coco[False].flops_per_token() - generator
+    h, f = run.model.hidden_size, run.data.mask_prob
+    assert main == pytest.approx(MaskedLM(run).flops_per_token() + 3 * (2 * h - 2 * f * h * h))
+    crop = coco[True].flops_per_token() - coco[False].flops_per_token()
+    assert crop == pytest.approx(3 * forward_flops_per_token(run.model, run.data.seq_length, 0.0,
+                                                             run.train.micro_batch_size))
