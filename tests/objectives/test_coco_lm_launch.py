@@ -1,5 +1,5 @@
 """pretrain_vega.py --objective coco-lm end to end (mock data, dropout off, SCL on), one set of launches for:
-- TP=2 (DP=1) equals DP=2 (TP=1) over 4 steps: total loss, every loss term and every logged rate (the corrupted
+- TP=2 (DP=1) equals DP=2 (TP=1, ZeRO-1) over 4 steps: total loss, every loss term and every logged rate (the corrupted
   inputs depend on neither layout: the sampled replacements agree on the TP ranks and across layouts);
 - the TP=2 checkpoint of step 2 holds both models under their global names and resumes in a fresh TP=1 process
   (resharded) with steps 3 and 4 equal to the TP=2 run's;
@@ -51,7 +51,7 @@ def test_coco_lm_tp2_equals_dp2_resumes_at_tp1_and_refuses_pp2(tmp_path):
     last = logged[4]
     assert 0 < last["replacement rate"] <= 1 and 0 < last["original share"] < 1
 
-    dp2 = launch_ok(SCRIPT, *FLAGS, nproc=2)
+    dp2 = launch_ok(SCRIPT, *FLAGS, "--use-distributed-optimizer", nproc=2)  # ZeRO-1 with the shared table
     assert_same_steps(tp2.stdout, dp2.stdout, range(1, 5))
 
     stored = FileSystemReader(str(tmp_path / "tp2" / "iter_0000002")).read_metadata().state_dict_metadata
