@@ -65,12 +65,24 @@ def model_config_of(load: str, iteration: int | None = None) -> ModelConfig:
     return ModelConfig(**inherited(read_extra(load, iteration)["config"]["model"]))
 
 
-def _build(cfg: ModelConfig, tp: int = 1, pp: int = 1):
+def _build(cfg: ModelConfig, tp: int = 1, pp: int = 1, with_mlm_head: bool = True):
     from megatron_vega import runtime
     from megatron_vega.model.build import build_model, transformer_config
+    from megatron_vega.model.heads import MLM_HEAD
     runtime.init_model_parallel(tp, pp)
     par = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
-    return build_model(cfg, transformer_config(cfg, par))
+    return build_model(cfg, transformer_config(cfg, par), heads=(MLM_HEAD,) if with_mlm_head else ())
+
+
+def has_mlm_head(load: str, iteration: int | None = None) -> bool:
+    """Whether a pretraining checkpoint holds an MLM head: COCO-LM's main model with its corrective projection
+    head (docs/coco_lm.md) does not, and exports as the encoder alone (DebertaV2Model). Names of further models
+    (``generator.*``) and heads the converter does not know are left out of the export."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from megatron_vega.training.checkpointing import checkpoint_path
+    stored = FileSystemReader(str(checkpoint_path(load, iteration))).read_metadata().state_dict_metadata
+    return "lm_head.dense.weight" in stored
 
 
 # -- to Hugging Face -----------------------------------------------------------------------------------------------
@@ -120,11 +132,15 @@ def _to_hf_rank(load: str, out: str, iteration: int | None, tokenizer_model: str
     from megatron_vega.model.weights import gather_full_state_dict
     from megatron_vega.training.checkpointing import load as load_checkpoint
     cfg = model_config_of(load, iteration)
-    chunks = _build(cfg)
+    with_head = has_mlm_head(load, iteration)
+    chunks = _build(cfg, with_mlm_head=with_head)
     load_checkpoint(load, chunks, None, None, with_optimizer=False, with_rng=False, iteration=iteration)
     state = to_hf(gather_full_state_dict(chunks), cfg)
+    if not with_head:  # DebertaV2Model: the base model's names, without the "deberta." prefix
+        state = {k.removeprefix("deberta."): v for k, v in state.items()}
     if dist.get_rank() == 0:
-        write_hf_dir(out, hf_config_dict(cfg), state, tokenizer_model)
+        write_hf_dir(out, hf_config_dict(cfg, "DebertaV2ForMaskedLM" if with_head else "DebertaV2Model"), state,
+                     tokenizer_model)
 
 
 def checkpoint_kind(load: str, iteration: int | None = None) -> dict | None:
@@ -158,6 +174,8 @@ def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model
     tokenizer_model = tokenizer_model or recorded_tokenizer(load, iteration)
     if meta is None:
         run_distributed(1, _to_hf_rank, load, out, iteration, tokenizer_model)
+        if not has_mlm_head(load, iteration):
+            return f"wrote {out}: DebertaV2Model (the encoder; the checkpoint has no MLM head)"
         return f"wrote {out}: DebertaV2ForMaskedLM"
     task = finetuned.check_finetune_checkpoint(load, meta)
     run_distributed(1, finetuned.export_rank, load, meta, out, tokenizer_model)
@@ -175,28 +193,33 @@ def verify_hf_dir(load: str, out: str, iteration: int | None = None) -> str:
     meta = checkpoint_kind(load, iteration)
     if meta is None:
         run_distributed(1, _verify_rank, load, out, iteration, diffs)
-        return f"verify: largest |MLM logit difference| vs transformers = {diffs[0]:.3e}"
+        what = "MLM logit" if has_mlm_head(load, iteration) else "encoder state"
+        return f"verify: largest |{what} difference| vs transformers = {diffs[0]:.3e}"
     run_distributed(1, finetuned.verify_rank, load, meta, out, diffs)
     return "verify: " + "; ".join(f"largest |{k} difference| vs transformers = {v:.3e}" for k, v in diffs[0].items())
 
 
 def _verify_rank(load, out, iteration, diffs):
-    from transformers import DebertaV2ForMaskedLM
+    from transformers import DebertaV2ForMaskedLM, DebertaV2Model
 
     from megatron_vega.model.attention_inputs import AttentionInputs
     from megatron_vega.training.checkpointing import load as load_checkpoint
     cfg = model_config_of(load, iteration)
-    [model] = _build(cfg)
+    with_head = has_mlm_head(load, iteration)
+    [model] = _build(cfg, with_mlm_head=with_head)
     load_checkpoint(load, [model], None, None, with_optimizer=False, with_rng=False, iteration=iteration)
-    hf = DebertaV2ForMaskedLM.from_pretrained(out).eval()
+    hf = (DebertaV2ForMaskedLM if with_head else DebertaV2Model).from_pretrained(out).eval()
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(5, cfg.vocab_size, (2, 48), generator=gen)
     mask = torch.ones_like(ids)
     mask[1, 30:] = 0
     model.eval()
     with torch.no_grad():
-        ours = model(ids * mask, AttentionInputs(mask))[..., :cfg.vocab_size].transpose(0, 1)
-        theirs = hf(input_ids=ids * mask, attention_mask=mask).logits
+        ours = model(ids * mask, AttentionInputs(mask))
+        ours = (ours[..., :cfg.vocab_size] if with_head else ours).transpose(0, 1)
+        result = hf(input_ids=ids * mask, attention_mask=mask)
+        theirs = result.logits if with_head else result.last_hidden_state * mask[..., None]
+        ours = ours if with_head else ours * mask[..., None]  # padded queries see nothing: compare real tokens
     diffs.append((ours - theirs).abs().max().item())
 
 

@@ -17,9 +17,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     group = parser.add_argument_group("objective")
     group.add_argument("--objective", default="mlm", choices=registry.choices(),
                        help=f"{fields(ObjectiveSettings)[0].metadata['help']} (default: mlm)")
+    added = set(_BASE)
     for name, cls in registry.registered().items():
         if cls.config_class is not ObjectiveSettings:
-            add_dataclass_flags(parser, cls.config_class, title=f"objective {name}", skip=_BASE)
+            # A flag two objectives share (both train a generator: --generator-num-layers) is listed in the first
+            # one's group; each objective still takes its own default when the flag is not given (apply_flags).
+            add_dataclass_flags(parser, cls.config_class, title=f"objective {name}", skip=added)
+            added |= {f.name for f in fields(cls.config_class)}
     return parser
 
 

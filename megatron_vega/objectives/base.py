@@ -60,6 +60,11 @@ class Objective:
         """The main model's last-stage heads."""
         return ()
 
+    def prepare_model(self, name: str, chunks: list, built: dict[str, list]) -> None:
+        """Called as model ``name`` is built, before it is wrapped for data parallelism: ``chunks`` its unwrapped
+        chunks, ``built`` the models built before it (name -> unwrapped chunks). A module tying one model to
+        another's parameters goes in here (COCO-LM's generator reading the encoder's word embeddings)."""
+
     def attach(self, trainer) -> None:
         """Called once the trainer holds the models (and the loaded checkpoint)."""
 

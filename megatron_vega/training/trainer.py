@@ -65,6 +65,7 @@ class Trainer:
             tc = transformer_config(spec.config, par, tr.precision)
             chunks = build_model(spec.config, tc, recompute=par.recompute, heads=spec.heads, name=spec.name)
             init_weights(chunks, tr.seed)
+            objective.prepare_model(spec.name, chunks, {n: [unwrap(m) for m in c] for n, c in self.models.items()})
             self.models[spec.name] = [DistributedDataParallel(tc, ddp, m, disable_bucketing=i > 0)
                                       for i, m in enumerate(chunks)]
             configs.append(tc)
