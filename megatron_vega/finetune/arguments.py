@@ -6,9 +6,10 @@ from megatron_vega.config import PRESETS
 from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune.config import FinetuneRun, OptimConfig, SiftConfig, TaskConfig, TransductiveConfig
 from megatron_vega.prompt.config import PandaConfig, PromptConfig
+from megatron_vega.unimc.config import UniMCConfig
 
 _GROUPS = {"task": TaskConfig, "optim": OptimConfig, "sift": SiftConfig, "transductive": TransductiveConfig,
-           "prompt": PromptConfig, "panda": PandaConfig}
+           "prompt": PromptConfig, "panda": PandaConfig, "unimc": UniMCConfig}
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
