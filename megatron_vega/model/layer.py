@@ -51,8 +51,10 @@ class VegaLayer(torch.nn.Module):
 
 
 def _block_conv1d(x, weight, bias, block_ids):
-    """conv1d (odd kernel, 'same' padding) where input i + d reaches output i only when block[i + d] is 0 or equals
-    block[i]: one 1x1 conv per kernel offset on the masked, shifted input. x [b, H, s], block_ids [b, s]."""
+    """conv1d (odd kernel, 'same' padding) where input i + d reaches output i only when both are in the same block:
+    one 1x1 conv per kernel offset on the masked, shifted input. x [b, H, s], block_ids [b, s]. Stricter than the
+    attention rule (which lets an option see the shared text): an option's edge tokens would otherwise read [CLS] or
+    the closing [SEP] only where the option happens to stand first or last, and permuting options would move them."""
     k, s = weight.shape[-1], x.shape[-1]
     half = (k - 1) // 2
     out = bias[None, :, None].expand(x.shape[0], -1, s).clone()
@@ -62,7 +64,7 @@ def _block_conv1d(x, weight, bias, block_ids):
         if hi <= lo:
             continue
         here, there = block_ids[:, lo:hi], block_ids[:, lo + d:hi + d]
-        keep = ((there == 0) | (there == here)).to(x.dtype)[:, None, :]
+        keep = (there == here).to(x.dtype)[:, None, :]
         out[:, :, lo:hi] += F.conv1d(x[:, :, lo + d:hi + d] * keep, weight[:, :, j:j + 1])
     return out
 
@@ -83,8 +85,8 @@ class ConvLayer(torch.nn.Module):
 
     def forward(self, embedding_out, layer0_out, input_mask, block_ids=None):
         """embedding_out, layer0_out: [s(/tp), b, H]; input_mask: [s(/tp), b, 1] of this rank's chunk; block_ids
-        [b, s] (option isolation, model/attention_inputs.py): token i reads neighbour j only when block j is 0 or
-        block i's, so the conv, like attention, carries nothing from one option into another."""
+        [b, s] (option isolation, model/attention_inputs.py): token i reads neighbour j only inside its own block,
+        so the conv carries nothing from one option into another, whatever their order."""
         full = embedding_out
         if self.sequence_parallel:
             full = tensor_parallel.gather_from_sequence_parallel_region(

@@ -41,7 +41,8 @@ def op_loss(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
 
 
 def mlm_loss(local_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean vocab-parallel cross-entropy over the labelled positions (0 when there is none)."""
+    """Mean vocab-parallel cross-entropy over the labelled positions (0 when there is none). megatron-core's CE
+    shifts ``local_logits`` in place: pass a tensor nothing else reads (the model's is a fresh index copy)."""
     if targets.numel() == 0:
         return local_logits.sum() * 0.0
     return vocab_parallel_cross_entropy(local_logits, targets).mean()
