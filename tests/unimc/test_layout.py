@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from megatron_vega.errors import VegaInputError
-from megatron_vega.unimc.layout import (NOT_LABELLED, ChoiceItem, TextMasking, UniMCEncoder, capped_lengths, collate,
-                                        verbalizer_id)
+from megatron_vega.unimc.layout import (
+    NOT_LABELLED,
+    ChoiceItem,
+    TextMasking,
+    UniMCEncoder,
+    capped_lengths,
+    collate,
+    verbalizer_id,
+)
 
 CLS, SEP, MASK, PAD = 1, 2, 4, 0
 WORDS = {w: 10 + i for i, w in enumerate("o1a o1b o2a o3a o3b o3c q1 q2 p1 p2 p3".split())}
