@@ -6,6 +6,7 @@
     WORLD_SIZE=16 python finetune_superglue.py [same flags] --dry-run   # check the layout, read nothing
     python finetune_superglue.py score --task CB --data-file val.jsonl --predictions OUT/CB.jsonl
     python finetune_superglue.py bundle --predictions-dir OUT --output submission.zip
+    python finetune_superglue.py zero-shot --task T --data-dir DIR --load CKPT --predict OUT   # UniMC, no training
 """
 import argparse
 import sys
@@ -18,6 +19,10 @@ SUBCOMMANDS = ("score", "bundle")
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "zero-shot":
+        from megatron_vega.finetune.unimc import zero_shot
+        with exit_on_input_error():
+            return zero_shot(argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         parser = argparse.ArgumentParser(prog="finetune_superglue.py", allow_abbrev=False,
                                          description="Score and package SuperGLUE predictions.")

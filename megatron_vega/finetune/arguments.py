@@ -7,10 +7,11 @@ from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune import config as robust  # PDR and multi-task groups (docs/pdr_and_multitask.md)
 from megatron_vega.finetune.config import FinetuneRun, OptimConfig, SiftConfig, TaskConfig, TransductiveConfig
 from megatron_vega.prompt.config import PandaConfig, PromptConfig
+from megatron_vega.unimc.config import UniMCConfig
 
 _GROUPS = {"task": TaskConfig, "optim": OptimConfig, "sift": SiftConfig, "transductive": TransductiveConfig,
            "prompt": PromptConfig, "panda": PandaConfig, "pdr": robust.PdrConfig,
-           "multitask": robust.MultitaskConfig}
+           "multitask": robust.MultitaskConfig, "unimc": UniMCConfig}
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

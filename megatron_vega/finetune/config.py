@@ -5,6 +5,7 @@ from megatron_vega.cli import option
 from megatron_vega.errors import VegaInputError
 from megatron_vega.prompt.config import PandaConfig, PromptConfig
 from megatron_vega.superglue.formats import COPA_STYLES
+from megatron_vega.unimc.config import FORMATS, UniMCConfig
 
 FINETUNE_TASKS = ("BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC")
 SIFT_LOSSES = ("symmetric-kl", "kl", "mse")
@@ -31,6 +32,8 @@ class TaskConfig:
     predict: str | None = option(None, "Write the leaderboard file(s) for the test split into this directory.")
     overwrite: bool = option(False, "Replace existing prediction files and a --save directory holding a run.")
     copa_style: str = option("deberta", "COPA pair layout (superglue.formats).", choices=list(COPA_STYLES))
+    format: str = option("head", "head: a task head on the encoder; unimc: UniMC multiple choice on the MLM head "
+                                 "(docs/unimc_and_ppt.md; --load needs an MLM head).", choices=list(FORMATS))
 
 
 @dataclass
@@ -124,6 +127,7 @@ class FinetuneRun:
     panda: PandaConfig = field(default_factory=PandaConfig)
     pdr: PdrConfig = field(default_factory=PdrConfig)
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
+    unimc: UniMCConfig = field(default_factory=UniMCConfig)
     model_preset: str | None = None  # random initialisation of this preset when there is no --load
 
     def validate(self) -> None:

@@ -199,4 +199,7 @@ class Run:
 def finetune(run) -> dict:
     """Validate, build, fine-tune, predict, save; returns the summary printed as the last line."""
     run.validate()
+    if run.task.format == "unimc":
+        from megatron_vega.finetune.unimc import finetune_unimc
+        return finetune_unimc(run)
     return Run(run)()

@@ -22,7 +22,8 @@ class AttentionInputs:
     ``prefix_lengths`` [b]: GLM's prefix + causal mask: query i sees key j iff j < L or j <= i (the first L tokens
     attend bidirectionally among themselves, the rest see the prefix and causally themselves);
     ``block_ids`` [b, s]: option isolation (UniMC): query i sees key j iff block_ids[j] == 0 (the shared context)
-    or block_ids[i] == block_ids[j];
+    or block_ids[i] == block_ids[j]; with ``context_sees_blocks`` also when block_ids[i] == 0 (UniMC's reference mask:
+    the question and passage see every option, options see only themselves and the context; docs/unimc_and_ppt.md);
     ``attention_mask`` [b, s, s] bool: any mask, query i (row) may attend key j (column).
 
     ``position_ids`` [b, s]: per-token positions; the relative positions pos[i] - pos[j] are bucketed per sample
@@ -36,6 +37,7 @@ class AttentionInputs:
     attention_mask: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
     prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    context_sees_blocks: bool = False
 
     BATCH_KEYS: ClassVar[tuple[str, ...]] = ("prefix_lengths", "block_ids", "attention_mask", "position_ids")
 
@@ -63,7 +65,8 @@ class AttentionInputs:
             masks.append((key < self.prefix_lengths[:, None, None]) | (key <= query))
         if self.block_ids is not None:
             query, key = self.block_ids[:, :, None], self.block_ids[:, None, :]
-            masks.append((key == 0) | (query == key))
+            allowed = (key == 0) | (query == key)
+            masks.append(allowed | (query == 0) if self.context_sees_blocks else allowed)
         if self.attention_mask is not None:
             masks.append(self.attention_mask.bool())
         if not masks:

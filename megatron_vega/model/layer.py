@@ -50,6 +50,25 @@ class VegaLayer(torch.nn.Module):
             hidden + hidden_dropout(out, self.dropout, self.training, self.sequence_parallel))
 
 
+def _block_conv1d(x, weight, bias, block_ids):
+    """conv1d (odd kernel, 'same' padding) where input i + d reaches output i only when both are in the same block:
+    one 1x1 conv per kernel offset on the masked, shifted input. x [b, H, s], block_ids [b, s]. Stricter than the
+    attention rule (which lets an option see the shared text): an option's edge tokens would otherwise read [CLS] or
+    the closing [SEP] only where the option happens to stand first or last, and permuting options would move them."""
+    k, s = weight.shape[-1], x.shape[-1]
+    half = (k - 1) // 2
+    out = bias[None, :, None].expand(x.shape[0], -1, s).clone()
+    for j in range(k):
+        d = j - half
+        lo, hi = max(0, -d), min(s, s - d)  # outputs i in [lo, hi) have a neighbour i + d inside the sequence
+        if hi <= lo:
+            continue
+        here, there = block_ids[:, lo:hi], block_ids[:, lo + d:hi + d]
+        keep = (there == here).to(x.dtype)[:, None, :]
+        out[:, :, lo:hi] += F.conv1d(x[:, :, lo + d:hi + d] * keep, weight[:, :, j:j + 1])
+    return out
+
+
 class ConvLayer(torch.nn.Module):
     """nGiE: LN(layer0_out + act(drop(conv1d(embedding_out)))) * input_mask. The conv is replicated on TP ranks;
     with sequence parallelism it runs on the gathered sequence (it needs its neighbours) and each rank keeps its
@@ -64,14 +83,19 @@ class ConvLayer(torch.nn.Module):
         self.conv = torch.nn.Conv1d(cfg.hidden_size, cfg.hidden_size, k, padding=(k - 1) // 2)
         self.layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon, sequence_parallel)
 
-    def forward(self, embedding_out, layer0_out, input_mask):
-        """embedding_out, layer0_out: [s(/tp), b, H]; input_mask: [s(/tp), b, 1] of this rank's chunk."""
+    def forward(self, embedding_out, layer0_out, input_mask, block_ids=None):
+        """embedding_out, layer0_out: [s(/tp), b, H]; input_mask: [s(/tp), b, 1] of this rank's chunk; block_ids
+        [b, s] (option isolation, model/attention_inputs.py): token i reads neighbour j only inside its own block,
+        so the conv carries nothing from one option into another, whatever their order."""
         full = embedding_out
         if self.sequence_parallel:
             full = tensor_parallel.gather_from_sequence_parallel_region(
                 embedding_out, tensor_parallel_output_grad=False)
         conv = self.conv
-        out = runtime.in_fp32(F.conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, padding=conv.padding)
+        if block_ids is None:
+            out = runtime.in_fp32(F.conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, padding=conv.padding)
+        else:
+            out = runtime.in_fp32(_block_conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, block_ids)
         out = out.permute(2, 0, 1)  # [s, b, H]
         if self.sequence_parallel:
             out = tensor_parallel.scatter_to_sequence_parallel_region(out)

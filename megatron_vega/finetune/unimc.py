@@ -1,0 +1,217 @@
+"""UniMC fine-tuning (``finetune_superglue.py --format unimc``) and zero-shot scoring
+(``finetune_superglue.py zero-shot``): docs/unimc_and_ppt.md.
+
+Both read a task's split(s) as multiple-choice items (``unimc/tasks.py``), build the encoder with its MLM head
+from any MLM checkpoint (``unimc/model.py``) and score each option by the "yes" logit at its O-MASK. Training uses
+Finetuner's optimizer, schedule, epochs, DP layout and best-dev selection with UniMC's loss (OP + MLM).
+"""
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import finalize_model_grads
+
+from megatron_vega import runtime
+from megatron_vega.cli import add_dataclass_flags
+from megatron_vega.config import ParallelConfig
+from megatron_vega.errors import VegaInputError
+from megatron_vega.finetune.checkpoint import read_extra
+from megatron_vega.finetune.config import FinetuneRun, OptimConfig, SiftConfig, TaskConfig
+from megatron_vega.finetune.run import resolve_model
+from megatron_vega.finetune.tasks import selection_score, task_files
+from megatron_vega.finetune.trainer import Finetuner, print_rank0
+from megatron_vega.model.build import transformer_config
+from megatron_vega.training.checkpointing import check_save_dir
+from megatron_vega.unimc.config import UniMCConfig
+from megatron_vega.unimc.layout import TextMasking, UniMCEncoder, collate, verbalizer_id
+from megatron_vega.unimc.losses import mlm_loss, op_loss, per_option
+from megatron_vega.unimc.model import build_unimc_model, load_mlm, save_mlm
+from megatron_vega.unimc.tasks import CHOICE_TASKS, ChoiceSplit, split_path
+
+
+class UniMCTuner(Finetuner):
+    """Finetuner with UniMC's batches, loss (OP + MLM, logged as "loss" = OP and "adv loss" slot unused) and
+    option scores."""
+
+    def __init__(self, model, optim, pad_id: int, no_id: int, masking: TextMasking | None):
+        super().__init__(model, optim, SiftConfig(), pad_id)
+        self.no_id, self.masking, self.micro_batches = no_id, masking, 0
+
+    def batch(self, samples, training: bool) -> dict:
+        rng, masking = None, self.masking if training else None
+        if masking is not None:  # one draw per micro-batch, the same on the TP ranks of a DP rank
+            self.micro_batches += 1
+            rng = np.random.default_rng((self.optim.seed, self.micro_batches, self.dp_rank))
+        return self._device(collate(samples, self.pad_id, self.model.yes_id, self.no_id, masking, rng))
+
+    def loss(self, batch):
+        out = self.ddp(batch)
+        op, mlm = op_loss(out["scores"], batch["gold"]), mlm_loss(out["lm_logits"], out["lm_targets"])
+        return op + mlm, torch.stack([(op + mlm).detach(), mlm.detach()])
+
+    def _step(self, optimizer, scheduler, micro_batches):
+        self.ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        parts = torch.zeros(2)
+        for samples in micro_batches:
+            loss, pair = self.loss(self.batch(samples, training=True))
+            (loss / len(micro_batches)).backward()
+            parts += pair.cpu() / len(micro_batches)
+        finalize_model_grads([self.ddp])
+        updated, grad_norm, _ = optimizer.step()
+        if updated:
+            scheduler.step(increment=1)
+        return parts, grad_norm
+
+    @torch.no_grad()
+    def predict(self, samples) -> list[np.ndarray]:
+        """Each sample's option scores (the "yes" logits at its O-MASKs), DP-sharded and gathered on all ranks."""
+        self.ddp.eval()
+        local = samples[self.dp_rank::self.dp]
+        out = []
+        for i in range(0, len(local), self.optim.micro_batch_size):
+            batch = self.batch(local[i:i + self.optim.micro_batch_size], training=False)
+            out += [s.cpu().numpy() for s in per_option(self.ddp(batch)["scores"], batch["omask"])]
+        self.ddp.train()
+        if self.dp == 1:
+            return out
+        parts = [None] * self.dp
+        dist.all_gather_object(parts, out, group=parallel_state.get_data_parallel_group())
+        return [parts[i % self.dp][i // self.dp] for i in range(len(samples))]
+
+
+@dataclass
+class Setup:
+    model_cfg: object
+    tokenizer: object
+    model: object
+    tuner: UniMCTuner
+    encoder: UniMCEncoder
+
+    def score(self, split: ChoiceSplit) -> tuple[dict, dict | None]:
+        """Predictions of the split, and its official metrics when it is labelled."""
+        samples = [self.encoder.build(item) for item in split.items]
+        predictions = split.predictions(self.tuner.predict(samples))
+        return predictions, split.metrics(predictions) if split.labelled else None
+
+
+def setup(run: FinetuneRun, yes: str, no: str, mask: str, text_mlm: bool) -> Setup:
+    """Distributed state, tokenizer, model (from --load or a preset) and tuner. Collective."""
+    o = run.optim
+    _, world = runtime.init_distributed()
+    model_cfg, tokenizer, _ = resolve_model(run)
+    ParallelConfig(tensor_model_parallel_size=o.tensor_model_parallel_size).validate(model_cfg, world)
+    yes_id, no_id = verbalizer_id(tokenizer, yes, "--unimc-yes"), verbalizer_id(tokenizer, no, "--unimc-no")
+    runtime.init_model_parallel(o.tensor_model_parallel_size, 1, seed=o.seed)
+    tc = transformer_config(model_cfg, ParallelConfig(tensor_model_parallel_size=o.tensor_model_parallel_size),
+                            o.precision)
+    model = build_unimc_model(model_cfg, tc, o.seed, yes_id, mask)
+    if run.task.load:
+        load_mlm(run.task.load, model.encoder)
+    masking = TextMasking(tokenizer.mask_id, tokenizer.vocab_size, tokenizer.is_special) if text_mlm else None
+    return Setup(model_cfg, tokenizer, model, UniMCTuner(model, o, tokenizer.pad_id, no_id, masking),
+                 UniMCEncoder.from_tokenizer(tokenizer, o.seq_length))
+
+
+def check_unimc_run(run: FinetuneRun) -> None:
+    used = [flag for flag, on in (("--sift", run.sift.sift), ("--prompt-tuning", run.prompt.prompt_tuning),
+                                  ("--transductive-rounds", run.transductive.transductive_rounds)) if on]
+    if used:
+        raise VegaInputError(used[0], "not with --format unimc")
+    run.unimc.validate()
+
+
+def finetune_unimc(run: FinetuneRun) -> dict:
+    """--format unimc: train on the task (+ --unimc-extra-tasks), select on dev, predict test, save. Collective."""
+    start, t, o, u = time.perf_counter(), run.task, run.optim, run.unimc
+    check_unimc_run(run)
+    if t.save:
+        check_save_dir(t.save, t.load, t.overwrite)
+    s = setup(run, u.unimc_yes, u.unimc_no, u.unimc_mask, u.unimc_text_mlm)
+    files = task_files(t, need_train=o.epochs > 0, need_test=bool(t.predict))
+    dev = ChoiceSplit(t.task, files["dev"], t.max_eval_examples) if files["dev"] else None
+    summary = {"task": t.task, "format": "unimc", "extra_tasks": u.unimc_extra_tasks}
+    if o.epochs:
+        splits = [ChoiceSplit(t.task, files["train"], t.max_train_examples)]
+        splits += [ChoiceSplit(task, split_path(task, t.data_dir, "train"), t.max_train_examples)
+                   for task in u.unimc_extra_tasks]
+        samples = [s.encoder.build(item) for split in splits for item in split.items if item.label is not None]
+        if dev is None:
+            raise VegaInputError("--dev-file", "training selects on a dev split; give one")
+
+        def evaluate_dev():
+            metrics = s.score(dev)[1]
+            return selection_score(metrics), metrics
+
+        best = s.tuner.train(samples, evaluate_dev, "unimc")
+        s.tuner.restore(best.weights)
+        summary.update(dev=best.metrics, epoch=best.epoch, steps=best.steps, train_units=len(samples))
+    elif dev is not None:
+        summary["dev"] = s.score(dev)[1]
+    if t.predict:
+        written = []
+        for task, path in [(t.task, files["test"])] + [(ax, files.get(ax)) for ax in ("AX-b", "AX-g")]:
+            if path:
+                split = ChoiceSplit(task, path, t.max_eval_examples)
+                predictions, metrics = s.score(split)
+                if dist.get_rank() == 0:
+                    written.append(str(split.write(predictions, t.predict, t.overwrite)))
+                if metrics and task != t.task:
+                    print_rank0(f"{task}: " + json.dumps(metrics))
+        summary["predictions"] = written
+    if t.save:
+        meta = {"tasks": [t.task, *u.unimc_extra_tasks], "dev": summary.get("dev"), "yes": u.unimc_yes,
+                "no": u.unimc_no, "mask": u.unimc_mask, "seq_length": o.seq_length}
+        summary["saved"] = str(save_mlm(t.save, summary.get("steps", 0), s.model.encoder, s.model_cfg,
+                                        s.tokenizer.path, meta))
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    print_rank0(json.dumps(summary))
+    return summary
+
+
+# -- zero-shot ------------------------------------------------------------------------------------------------------
+def zero_shot_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="finetune_superglue.py zero-shot", allow_abbrev=False,
+                                description="Score a task's split with UniMC on an MLM checkpoint (no training).")
+    p.add_argument("--task", required=True, choices=list(CHOICE_TASKS), help="Task (MC: generic multiple-choice "
+                   'JSONL {"question", "passage", "options", "label"}).')
+    p.add_argument("--data-dir", help="Parent of the task folders (<dir>/<Task>/<split>.jsonl).")
+    p.add_argument("--data-file", help="The file to score (overrides --data-dir and --split).")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="Split to score (default val).")
+    p.add_argument("--load", required=True, help="Checkpoint with an MLM head (pretraining or UniMC).")
+    p.add_argument("--predict", help="Write the leaderboard file <Task>.jsonl into this directory.")
+    p.add_argument("--overwrite", action="store_true", help="Replace an existing predictions file.")
+    p.add_argument("--tokenizer-model", help="sentencepiece .model (default: the checkpoint's).")
+    p.add_argument("--seq-length", type=int, default=512, help="Longest input (default 512).")
+    p.add_argument("--micro-batch-size", type=int, default=16, help="Items per forward (default 16).")
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1, help="Tensor-parallel size (default 1).")
+    p.add_argument("--max-eval-examples", type=int, help="Score only the first N records.")
+    add_dataclass_flags(p, UniMCConfig, title="unimc", skip=("unimc_text_mlm", "unimc_extra_tasks"))
+    return p
+
+
+def zero_shot(argv) -> int:
+    args = zero_shot_parser().parse_args(argv)
+    trained = read_extra(args.load).get("unimc", {})  # a UniMC checkpoint names the words and mask it learnt
+    yes, no = args.unimc_yes or trained.get("yes", "yes"), args.unimc_no or trained.get("no", "no")
+    mask = args.unimc_mask or trained.get("mask", "reference")
+    path = args.data_file or split_path(args.task, args.data_dir, args.split)
+    run = FinetuneRun(task=TaskConfig(task=args.task, load=args.load, tokenizer_model=args.tokenizer_model),
+                      optim=OptimConfig(epochs=0, micro_batch_size=args.micro_batch_size, seq_length=args.seq_length,
+                                        tensor_model_parallel_size=args.tensor_model_parallel_size))
+    start = time.perf_counter()
+    split = ChoiceSplit(args.task, path, args.max_eval_examples)
+    s = setup(run, yes, no, mask, text_mlm=False)
+    predictions, metrics = s.score(split)
+    summary = {"task": args.task, "data": path, "load": args.load, "units": len(split.units), "yes": yes, "no": no,
+               "mask": mask, "metrics": metrics}
+    if args.predict and dist.get_rank() == 0:
+        summary["predictions"] = str(split.write(predictions, args.predict, args.overwrite))
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    print_rank0(json.dumps(summary))
+    return 0
