@@ -109,7 +109,7 @@ def test_130_tokens_with_real_buckets_against_the_sdpa_core():
     qkv = fused.permute(3, 1, 2, 0, 4)
     leaves = [fused, pos_key, pos_query, *prefix]
     args = (*prefix, pos_key * 0.2, pos_query * 0.2, index, mask, 0.0, 0.2)
-    out = triton_attention(qkv[0], qkv[1], qkv[2], *args)
+    out = CORES["triton"](qkv, *args)  # the core interface, as the module calls it
     ref = CORES["sdpa"](qkv, *args)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     grad = torch.randn_like(out)
