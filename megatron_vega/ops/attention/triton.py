@@ -109,7 +109,11 @@ def triton_attention(q, k, v, prefix_key, prefix_value, pos_key, pos_query, rel_
     p2c = None if pos_query is None else torch.matmul(k[:, :, prefix:], pos_query.transpose(-1, -2)).float()
     p2c = None if p2c is None else p2c.contiguous()
     index = (rel_index if rel_index.dim() == 3 else rel_index[None]).to(torch.int32).contiguous()
-    mask = None if mask_bias is None else mask_bias.float().expand(b, -1, s, prefix + s).contiguous()
+    if mask_bias is not None:  # fp32, a low-precision "lowest" kept lowest: a fully masked (padded) row then
+        # stays uniform as in fp32, not a softmax of the scores that -65504 (fp16) would no longer drown in fp32
+        lowest = mask_bias <= torch.finfo(mask_bias.dtype).min
+        mask_bias = mask_bias.float().masked_fill_(lowest, torch.finfo(torch.float32).min)
+    mask = None if mask_bias is None else mask_bias.expand(b, -1, s, prefix + s).contiguous()
     if dropout_p > 0 and seed is None:
         seed = int(torch.randint(_SEED_RANGE, (), device=q.device))
     out = _TritonAttention.apply(q, k, v, c2p, p2c, index, mask, float(dropout_p), seed or 0, float(scale), prefix)
