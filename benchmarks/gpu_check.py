@@ -57,6 +57,7 @@ def dry_run() -> None:
     print("      pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \\")
     print("        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d wheels \\")
     print("        sentencepiece==0.2.3 transformers==5.23.0 safetensors==0.8.0 psutil")
+    print("    (measured here: 31 wheels, 48 MB; numpy's 16 MB may be dropped, the image has numpy)")
     print("  - optional: a disentangled-flash wheel in wheels/ (the attention timing then includes it)")
     print("\nOn the GPU:  PYTHONPATH=$PWD python benchmarks/gpu_check.py --wheels wheels --out gpu_check.md")
 
