@@ -5,8 +5,8 @@ Imported lazily (TRITON_INTERPRET must be set before the kernels are defined for
 import triton
 import triton.language as tl
 
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
