@@ -5,8 +5,9 @@ scale * Q_i.K_j + mask(i, j) for the P deep-prompt keys in front (no position bi
 are [s, 2k] tables per head (ordinary matmuls, done by the caller): the kernels gather from them with the [s, s]
 bucket index, so no [s, s] tensor per head is ever written. The forward keeps the rows' softmax max and sum;
 the backward recomputes the probabilities tile by tile (one kernel for dK/dV by key block, one for dQ by query block)
-and scatter-adds the score gradient into the tables' gradients (atomics: several keys share a bucket). Dropout keeps
-(i, j) when rand(seed + b*h index, i * t + j) >= p, so the backward regenerates the forward's mask from the seed.
+and scatter-adds the score gradient into the tables' gradients (atomics: several keys share a bucket; a tile
+row that shares one bucket is summed first). Dropout keeps (i, j) when rand(seed + b*h index, i * t + j) >= p,
+so the backward regenerates the forward's mask from the seed.
 
 This module is imported lazily, on the first call of the core: ``TRITON_INTERPRET=1`` must be set before the
 kernels are defined for the interpreter (CPU tensors) to run them.
@@ -39,6 +40,21 @@ def _scores(q, k, bh, b, offs_m, offs_n, C2P, P2C, IDX, MASK, s_len, t_len, pref
         scores += tl.load(MASK + b * stride_mb + h_idx * stride_mh + offs_m[:, None] * stride_mm + offs_n[None, :],
                           mask=in_range, other=0.0)
     return tl.where(offs_n[None, :] < t_len, scores, float("-inf"))
+
+
+@triton.jit
+def _scatter_add(rows_ptr, idx, ds, ok, AXIS: tl.constexpr):
+    """Table gradient rows (one per key for AXIS = 0, per query for AXIS = 1) += ds at the bucket columns idx.
+    Far from the diagonal a whole tile row shares one (clamped, extreme) bucket: those rows are summed first and
+    added with one atomic each, the others element by element (atomics to one address serialise on a GPU)."""
+    lo = tl.min(tl.where(ok, idx, 1 << 30), AXIS)
+    hi = tl.max(tl.where(ok, idx, -1), AXIS)
+    shared = (lo == hi) & (hi >= 0)
+    tl.atomic_add(rows_ptr + lo, tl.sum(tl.where(ok, ds, 0.0), AXIS), mask=shared)
+    if AXIS == 0:
+        tl.atomic_add(rows_ptr[None, :] + idx, ds, mask=ok & ~shared[None, :])
+    else:
+        tl.atomic_add(rows_ptr[:, None] + idx, ds, mask=ok & ~shared[:, None])
 
 
 @triton.jit
@@ -151,7 +167,7 @@ def attention_backward_kv(Q, K, V, C2P, P2C, IDX, MASK, DO, ROW_MAX, ROW_SUM, DE
         if HAS_P2C:
             rel_ok = row_ok[:, None] & (jr[None, :] >= 0) & (jr[None, :] < s_len)
             idx = tl.load(IDX + b * stride_ib + offs_m[:, None] * s_len + jr[None, :], mask=rel_ok, other=0)
-            tl.atomic_add(DP2C + (bh * s_len + jr[None, :]) * R + idx, ds, mask=rel_ok)
+            _scatter_add(DP2C + (bh * s_len + jr) * R, idx, ds, rel_ok, 0)
     out = (bh * t_len + offs_n[:, None]) * head_dim + offs_d[None, :]
     tl.store(DK + out, dk * scale, mask=kv_ok)
     tl.store(DV + out, dv, mask=kv_ok)
@@ -206,7 +222,7 @@ def attention_backward_q(Q, K, V, C2P, P2C, IDX, MASK, DO, ROW_MAX, ROW_SUM, DEL
             jr = offs_n - prefix
             rel_ok = row_ok[:, None] & (jr[None, :] >= 0) & (jr[None, :] < s_len)
             idx = tl.load(IDX + b * stride_ib + offs_m[:, None] * s_len + jr[None, :], mask=rel_ok, other=0)
-            tl.atomic_add(DC2P + (bh * s_len + offs_m[:, None]) * R + idx, ds, mask=rel_ok)
+            _scatter_add(DC2P + (bh * s_len + offs_m) * R, idx, ds, rel_ok, 1)
     tl.store(DQ + (bh * s_len + offs_m[:, None]) * head_dim + offs_d[None, :], dq * scale,
              mask=row_ok[:, None] & d_ok)
 
