@@ -213,11 +213,11 @@ def check_base_step(rows, repeats):
         fields["tokens/s"] = re.search(r"tokens/s ([\d.]+)", lines[-1]).group(1)
         stats[core] = fields
     t, s = stats["triton"], stats["sdpa"]
-    diff = abs(float(t["loss"]) - float(s["loss"]))
+    diff = abs(float(t["loss"]) - float(s["loss"])) / float(s["loss"])
     rows.append(("base-step", "iteration 1 loss / grad norm; iteration 2 tokens/s; peak GiB",
                  f"triton {t['loss']} / {t['grad norm']} / {t['tokens/s']} / {t['peak mem']}; "
                  f"sdpa {s['loss']} / {s['grad norm']} / {s['tokens/s']} / {s['peak mem']}",
-                 "ok" if diff < 2e-2 else "FAIL"))
+                 "ok" if diff < 1e-2 else "FAIL"))  # bf16 attention numerics: relative, not bitwise
 
 
 def _hf_attention(b, s, dtype):

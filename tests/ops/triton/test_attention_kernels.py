@@ -8,7 +8,7 @@ import torch
 
 import tests.ops.triton.interpreter  # noqa: F401  (sets TRITON_INTERPRET before the kernels are defined)
 from megatron_vega.model.attention_inputs import AttentionInputs
-from megatron_vega.ops.attention import CORES
+from megatron_vega.ops.attention import CORES, select_core
 from megatron_vega.ops.attention.triton import triton_attention
 from tests.ops.attention import reference
 from tests.ops.attention.cases import CASES, case, padding
@@ -138,3 +138,5 @@ def test_auto_takes_it_on_cuda_in_low_precision_only():
     assert core.support.runs(torch.device("cuda"), torch.bfloat16) and core.preferred("cuda", torch.bfloat16)
     assert not core.preferred("cuda", torch.float32)
     assert not core.support.runs(torch.device("cpu"), torch.float32)
+    assert select_core("auto", "cuda", torch.bfloat16, record=False).name == "triton"
+    assert select_core("auto", "cuda", torch.float32, record=False).name == "sdpa"
