@@ -9,7 +9,7 @@ from megatron_vega.cli import option
 from megatron_vega.errors import VegaInputError
 
 # The names of ops/attention's registry (a test keeps them equal), listed here so that the config stays torch-free.
-ATTENTION_BACKENDS = ("auto", "sdpa", "cpu")
+ATTENTION_BACKENDS = ("auto", "sdpa", "cpu", "triton")
 
 
 @dataclass

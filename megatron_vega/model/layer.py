@@ -6,6 +6,7 @@ from megatron.core import tensor_parallel
 from megatron_vega import runtime
 from megatron_vega.config import ModelConfig
 from megatron_vega.model.attention import DisentangledSelfAttention
+from megatron_vega.ops import fused_layer
 from megatron_vega.ops.dropout import dropout
 from megatron_vega.ops.kernels import layer_norm
 
@@ -42,12 +43,21 @@ class VegaLayer(torch.nn.Module):
 
     def forward(self, hidden, rel_embeddings, rel_index, mask_bias, prefix=None):
         attn = self.attention(hidden, rel_embeddings, rel_index, mask_bias, prefix)
-        hidden = self.post_attention_layernorm(
-            hidden + hidden_dropout(attn, self.dropout, self.training, self.sequence_parallel))
+        hidden = self._add_norm(attn, hidden, self.post_attention_layernorm)
         inner, bias = self.linear_fc1(hidden)
-        out, _ = self.linear_fc2(F.gelu(inner + bias))  # exact (erf) GELU, as DeBERTa
-        return self.post_mlp_layernorm(
-            hidden + hidden_dropout(out, self.dropout, self.training, self.sequence_parallel))
+        # exact (erf) GELU, as DeBERTa; fused with the bias on CUDA (ops/fused_layer.py)
+        act = fused_layer.bias_gelu(inner, bias) if fused_layer.enabled(inner) else F.gelu(inner + bias)
+        out, _ = self.linear_fc2(act)
+        return self._add_norm(out, hidden, self.post_mlp_layernorm)
+
+    def _add_norm(self, x, residual, norm):
+        """norm(residual + dropout(x)): one Triton kernel each way on CUDA, the torch ops elsewhere."""
+        if not fused_layer.enabled(x):
+            return norm(residual + hidden_dropout(x, self.dropout, self.training, self.sequence_parallel))
+        if self.sequence_parallel and self.training and self.dropout > 0:  # as hidden_dropout: per-rank chunks
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                return fused_layer.dropout_add_layer_norm(x, residual, norm, self.dropout, self.training)
+        return fused_layer.dropout_add_layer_norm(x, residual, norm, self.dropout, self.training)
 
 
 def _block_conv1d(x, weight, bias, block_ids):

@@ -43,4 +43,7 @@ def describe() -> str:
     gemm = "; ".join(f"{name} GEMMs " + ("native" if runtime.low_precision_gemm_native(dtype) else
                                          "in fp32 (no matrix units for it)")
                      for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)))
+    from megatron_vega.ops import fused_layer
+    if runtime.ON_GPU and fused_layer.TRITON_AVAILABLE:  # VegaLayer's fused pieces (ops/fused_layer.py)
+        norm_name += " (residual + dropout + LayerNorm and bias + GELU fused in Triton)"
     return f"kernels: LayerNorm {norm_name}; attention {attention}; AdamW torch fused; {gemm}"

@@ -145,6 +145,8 @@ def _tp2_worker(rank, world):
         return x[:, rank * width:(rank + 1) * width]
     check_against_naive(shard, tp=world, rank=rank)
     check_alpha_zero_is_megatron(shard)
+    from tests.ops.test_fused_linear_cross_entropy import compare  # the fused linear + CE op, in the same launch
+    compare(world, rank)
 
 
 @pytest.mark.slow

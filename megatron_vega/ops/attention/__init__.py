@@ -15,8 +15,9 @@ import torch
 from megatron_vega.errors import VegaInputError
 from megatron_vega.ops.attention.cpu import CpuCore
 from megatron_vega.ops.attention.sdpa import SdpaCore
+from megatron_vega.ops.attention.triton import TritonCore
 
-CORES = {core.name: core for core in (CpuCore(), SdpaCore())}  # fastest first, for ``auto``
+CORES = {core.name: core for core in (TritonCore(), CpuCore(), SdpaCore())}  # fastest first, for ``auto``
 BACKENDS = ("auto", *CORES)
 
 _chosen: dict[str, None] = {}  # the cores this process has built models with, in order (for kernels.describe)
