@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from megatron_vega import runtime
 from megatron_vega.config import ParallelConfig, model_preset
+from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.build import build_model, transformer_config
 from megatron_vega.model.weights import init_weights
 
@@ -98,7 +99,7 @@ def test_bf16_model_in_fp32_matches_the_emulated_bf16_model(monkeypatch):
         [model] = build_model(cfg, transformer_config(cfg, ParallelConfig(), "bf16"))
         init_weights([model], 5)
         tokens = torch.randint(5, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
-        logits = model(tokens, torch.ones_like(tokens))
+        logits = model(tokens, AttentionInputs(torch.ones_like(tokens)))
         loss = torch.logsumexp(logits.float(), -1).mean()
         loss.backward()
         results.append((loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}))
