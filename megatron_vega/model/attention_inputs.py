@@ -28,6 +28,10 @@ class AttentionInputs:
     ``position_ids`` [b, s]: per-token positions; the relative positions pos[i] - pos[j] are bucketed per sample
     into one [b, s, s] index shared by layers and heads. None: 0..s-1 for every sample (the shared, cached index).
 
+    ``block_position_ids`` [b, s]: GLM's second position row (the place inside a Part-B span, 0 elsewhere). It is
+    not an attention input: the first pipeline chunk adds its embedding row to the word vectors (VegaModel.embed),
+    it rides here so that every caller that passes a batch's AttentionInputs passes it too.
+
     ``prefix``: deep-prompt keys/values, one (k, v) pair per layer of this pipeline chunk, each
     [b, heads on this rank, P, d]: visible to every query, without relative-position bias."""
     padding_mask: torch.Tensor
@@ -35,9 +39,11 @@ class AttentionInputs:
     block_ids: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
+    block_position_ids: torch.Tensor | None = None
     prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    BATCH_KEYS: ClassVar[tuple[str, ...]] = ("prefix_lengths", "block_ids", "attention_mask", "position_ids")
+    BATCH_KEYS: ClassVar[tuple[str, ...]] = ("prefix_lengths", "block_ids", "attention_mask", "position_ids",
+                                          "block_position_ids")
 
     @classmethod
     def from_batch(cls, batch: dict, prefix=None) -> "AttentionInputs":
