@@ -64,17 +64,39 @@ class ConvLayer(torch.nn.Module):
         self.conv = torch.nn.Conv1d(cfg.hidden_size, cfg.hidden_size, k, padding=(k - 1) // 2)
         self.layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon, sequence_parallel)
 
-    def forward(self, embedding_out, layer0_out, input_mask):
-        """embedding_out, layer0_out: [s(/tp), b, H]; input_mask: [s(/tp), b, 1] of this rank's chunk."""
+    def forward(self, embedding_out, layer0_out, input_mask, allowed=None):
+        """embedding_out, layer0_out: [s(/tp), b, H]; input_mask: [s(/tp), b, 1] of this rank's chunk; allowed:
+        the batch's structured attention mask [b, s, s] (True = query i may see key j) or None. With a mask, a
+        neighbour the attention hides from i is hidden from the convolution at i too (GLM's Part B must not see
+        its next token through the convolution, nor Part A its first: docs/glm_and_cloze.md)."""
         full = embedding_out
         if self.sequence_parallel:
             full = tensor_parallel.gather_from_sequence_parallel_region(
                 embedding_out, tensor_parallel_output_grad=False)
         conv = self.conv
-        out = runtime.in_fp32(F.conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, padding=conv.padding)
+        if allowed is None:
+            out = runtime.in_fp32(F.conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, padding=conv.padding)
+        else:
+            out = runtime.in_fp32(masked_conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, allowed)
         out = out.permute(2, 0, 1)  # [s, b, H]
         if self.sequence_parallel:
             out = tensor_parallel.scatter_to_sequence_parallel_region(out)
         out = out * input_mask  # padding positions of the conv output are zeroed before the activation
         out = self.act(hidden_dropout(out, self.dropout, self.training, self.sequence_parallel))
         return self.layernorm(layer0_out + out) * input_mask
+
+
+def masked_conv1d(x, weight, bias, allowed):
+    """F.conv1d with 'same' padding on x [b, H, s], except that tap t of output i (which reads x[i + t - c],
+    c = (k - 1) // 2) counts only where allowed[b, i, i + t - c]: one [H, H] product per tap."""
+    k, s = weight.shape[-1], x.shape[-1]
+    out = bias[None, :, None].expand(x.shape[0], -1, s)
+    for t in range(k):
+        offset = t - (k - 1) // 2
+        lo, hi = max(0, -offset), min(s, s - offset)  # outputs whose tap t reads inside the sequence
+        if lo >= hi:
+            continue
+        keep = torch.diagonal(allowed, offset=offset, dim1=1, dim2=2).to(x.dtype)  # [b, hi - lo]
+        tap = torch.einsum("oh,bhs->bos", weight[:, :, t], x[:, :, lo + offset:hi + offset]) * keep[:, None, :]
+        out = out + F.pad(tap, (lo, s - hi))
+    return out

@@ -179,7 +179,7 @@ class VegaModel(MegatronModule):
             else:
                 hidden = layer(hidden, rel, rel_index, mask_bias, None if prefix is None else prefix[i])
             if i == 0 and self.conv is not None:
-                hidden = self.conv(embedding_out, hidden, input_mask)
+                hidden = self.conv(embedding_out, hidden, input_mask, attention.allowed())
         return hidden
 
     def heads_output(self, hidden, **head_inputs):
