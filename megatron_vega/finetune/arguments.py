@@ -4,11 +4,12 @@ import argparse
 from megatron_vega.cli import add_dataclass_flags, apply_flags
 from megatron_vega.config import PRESETS
 from megatron_vega.errors import VegaInputError
+from megatron_vega.finetune.cloze_config import ClozeConfig
 from megatron_vega.finetune.config import FinetuneRun, OptimConfig, SiftConfig, TaskConfig, TransductiveConfig
 from megatron_vega.prompt.config import PandaConfig, PromptConfig
 
 _GROUPS = {"task": TaskConfig, "optim": OptimConfig, "sift": SiftConfig, "transductive": TransductiveConfig,
-           "prompt": PromptConfig, "panda": PandaConfig}
+           "prompt": PromptConfig, "panda": PandaConfig, "cloze": ClozeConfig}
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 
 from megatron_vega.cli import option
 from megatron_vega.errors import VegaInputError
+from megatron_vega.finetune.cloze_config import FORMATS, ClozeConfig
 from megatron_vega.prompt.config import PandaConfig, PromptConfig
 from megatron_vega.superglue.formats import COPA_STYLES
 
@@ -30,6 +31,8 @@ class TaskConfig:
     predict: str | None = option(None, "Write the leaderboard file(s) for the test split into this directory.")
     overwrite: bool = option(False, "Replace existing prediction files and a --save directory holding a run.")
     copa_style: str = option("deberta", "COPA pair layout (superglue.formats).", choices=list(COPA_STYLES))
+    format: str = option("head", "head: a task head on the encoder; cloze: a pattern with a blank scored by the "
+                                 "language-model head (docs/glm_and_cloze.md).", choices=list(FORMATS))
 
 
 @dataclass
@@ -90,6 +93,7 @@ class FinetuneRun:
     transductive: TransductiveConfig = field(default_factory=TransductiveConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     panda: PandaConfig = field(default_factory=PandaConfig)
+    cloze: ClozeConfig = field(default_factory=ClozeConfig)
     model_preset: str | None = None  # random initialisation of this preset when there is no --load
 
     def validate(self) -> None:
