@@ -1,4 +1,5 @@
-"""Issue 20, check 3, through pretrain_vega.py --objective glm: TP=2 trains as TP=1 (dropout off, 1e-5 relative),
+"""Issue 20, check 3, through pretrain_vega.py --objective glm: TP=2 with sequence parallelism trains as TP=1
+(dropout off, 1e-5 relative),
 and TP=1's checkpoint, resumed by a fresh PP=2 launch, goes on exactly as the uninterrupted TP=1 run."""
 import pytest
 from torch.distributed.checkpoint import FileSystemReader
@@ -32,7 +33,8 @@ def test_glm_tp2_equals_tp1_and_resumes_exactly_at_pp2(tmp_path):
     stored = FileSystemReader(str(tmp_path / "tp1" / "iter_0000003")).read_metadata().state_dict_metadata
     assert "block_position_embeddings.weight" in stored
 
-    tp2 = training_log(launch_ok(SCRIPT, *FLAGS, "--tensor-model-parallel-size", 2, nproc=2).stdout)
+    tp2 = training_log(launch_ok(SCRIPT, *FLAGS, "--tensor-model-parallel-size", 2, "--sequence-parallel",
+                                 nproc=2).stdout)
     pp2 = launch_ok(SCRIPT, *FLAGS, "--pipeline-model-parallel-size", 2, "--load", tmp_path / "tp1",
                     "--ckpt-step", 3, nproc=2)
     assert "at iteration 3" in pp2.stdout
