@@ -1,6 +1,6 @@
 """Issue 20, check 3, through pretrain_vega.py --objective glm: TP=2 with sequence parallelism trains as TP=1
-(dropout off, 1e-5 relative),
-and TP=1's checkpoint, resumed by a fresh PP=2 launch, goes on exactly as the uninterrupted TP=1 run."""
+(dropout off, 1e-5 relative), and TP=1's checkpoint, resumed by a fresh PP=2 launch, goes on exactly as the
+uninterrupted TP=1 run."""
 import pytest
 from torch.distributed.checkpoint import FileSystemReader
 
