@@ -4,6 +4,8 @@ uninterrupted TP=1 run."""
 import pytest
 from torch.distributed.checkpoint import FileSystemReader
 
+from megatron_vega.errors import VegaInputError
+from megatron_vega.objectives.glm import GLMSettings, check_settings
 from tests.launch import launch, launch_ok, one_line_error, training_log
 
 SCRIPT = "pretrain_vega.py"
@@ -13,11 +15,16 @@ FLAGS = ("--objective", "glm", "--model-preset", "tiny", "--mock-data", "--seq-l
 RTOL = 1e-5
 
 
-def test_glm_flags_in_help_and_bad_settings_refused(shared_data):
+def test_bad_settings_refused_in_one_line():
+    with pytest.raises(VegaInputError, match="--glm-sentence-prob"):
+        check_settings(GLMSettings(glm_token_prob=0.7, glm_sentence_prob=0.5))
+    with pytest.raises(VegaInputError, match="--glm-text-share"):
+        check_settings(GLMSettings(glm_text_share=1.0))
+
+
+def test_glm_flags_in_help_and_a_vocabulary_without_room_refused(shared_data):
     shown = launch_ok(SCRIPT, "--help").stdout
     assert "--glm-mask-ratio" in shown and "--glm-block-positions" in shown
-    refused = launch(SCRIPT, "--objective", "glm", "--model-preset", "tiny", "--mock-data", "--glm-token-prob", 2)
-    one_line_error(refused, "--glm-token-prob")
     # a tokenizer filling the whole vocabulary leaves no ids for [sop] [eop] [sMASK] [gMASK]
     no_room = launch(SCRIPT, "--objective", "glm", "--model-preset", "tiny", "--mock-data", "--tokenizer-model",
                      shared_data / "corpus" / "botchan_sp1k.model")
