@@ -167,7 +167,9 @@ def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model
     task's class for a fine-tuning one. The tokenizer defaults to the one the checkpoint records. Returns a line
     saying what was written."""
     refuse_existing(out)
-    model_config_of(load, iteration)  # fail early, in this process, on an incomplete checkpoint
+    if model_config_of(load, iteration).block_position_embeddings:  # fails early on an incomplete checkpoint too
+        raise VegaInputError(load, "a GLM model (its position-2 table, docs/glm_and_cloze.md) has no Hugging Face "
+                                   "DebertaV2 equivalent yet")
     meta = checkpoint_kind(load, iteration)
     if tokenizer_model and not Path(tokenizer_model).is_file():
         raise VegaInputError(tokenizer_model, "tokenizer model not found")

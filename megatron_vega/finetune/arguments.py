@@ -5,13 +5,14 @@ from megatron_vega.cli import add_dataclass_flags, apply_flags
 from megatron_vega.config import PRESETS
 from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune import config as robust  # PDR and multi-task groups (docs/pdr_and_multitask.md)
+from megatron_vega.finetune.cloze_config import ClozeConfig
 from megatron_vega.finetune.config import FinetuneRun, OptimConfig, SiftConfig, TaskConfig, TransductiveConfig
 from megatron_vega.prompt.config import PandaConfig, PromptConfig
 from megatron_vega.unimc.config import UniMCConfig
 
 _GROUPS = {"task": TaskConfig, "optim": OptimConfig, "sift": SiftConfig, "transductive": TransductiveConfig,
            "prompt": PromptConfig, "panda": PandaConfig, "pdr": robust.PdrConfig,
-           "multitask": robust.MultitaskConfig, "unimc": UniMCConfig}
+           "multitask": robust.MultitaskConfig, "unimc": UniMCConfig, "cloze": ClozeConfig}
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

@@ -3,13 +3,17 @@ from dataclasses import dataclass, field
 
 from megatron_vega.cli import option
 from megatron_vega.errors import VegaInputError
+from megatron_vega.finetune.cloze_config import ClozeConfig
 from megatron_vega.prompt.config import PandaConfig, PromptConfig
 from megatron_vega.superglue.formats import COPA_STYLES
-from megatron_vega.unimc.config import FORMATS, UniMCConfig
+from megatron_vega.unimc.config import UniMCConfig
 
 FINETUNE_TASKS = ("BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC")
 SIFT_LOSSES = ("symmetric-kl", "kl", "mse")
 PDR_DIVERGENCES = ("js", "hellinger", "symmetric-kl")
+
+# --format: a task head on [CLS]/spans, UniMC multiple choice on the MLM head, or the LM head at a cloze blank
+FORMATS = ("head", "unimc", "cloze")
 
 
 @dataclass
@@ -33,7 +37,8 @@ class TaskConfig:
     overwrite: bool = option(False, "Replace existing prediction files and a --save directory holding a run.")
     copa_style: str = option("deberta", "COPA pair layout (superglue.formats).", choices=list(COPA_STYLES))
     format: str = option("head", "head: a task head on the encoder; unimc: UniMC multiple choice on the MLM head "
-                                 "(docs/unimc_and_ppt.md; --load needs an MLM head).", choices=list(FORMATS))
+                                 "(docs/unimc_and_ppt.md; --load needs an MLM head); cloze: a pattern with a blank "
+                                 "scored by the language-model head (docs/glm_and_cloze.md).", choices=list(FORMATS))
 
 
 @dataclass
@@ -128,6 +133,7 @@ class FinetuneRun:
     pdr: PdrConfig = field(default_factory=PdrConfig)
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
     unimc: UniMCConfig = field(default_factory=UniMCConfig)
+    cloze: ClozeConfig = field(default_factory=ClozeConfig)
     model_preset: str | None = None  # random initialisation of this preset when there is no --load
 
     def validate(self) -> None:

@@ -20,7 +20,7 @@ from megatron_vega.config import ModelConfig, ParallelConfig, inherited, model_p
 from megatron_vega.data.tokenizer import VegaTokenizer, check_vocab
 from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune import checkpoint
-from megatron_vega.finetune.features import TextEncoder, instance_scores, make_samples
+from megatron_vega.finetune.features import TextEncoder, collate, instance_scores, make_samples
 from megatron_vega.finetune.prompt_tuning import attach_prompt, build_teacher, trainable_parameters
 from megatron_vega.finetune.task_model import build_task_model
 from megatron_vega.finetune.tasks import flip_rate, pseudo_labelled, read_split, selection_score, task_files
@@ -79,8 +79,16 @@ class Run:
         self.extra_splits = [read(ax, ax, t.max_eval_examples, False) for ax in ("AX-b", "AX-g") if files.get(ax)]
 
         self.encoder = TextEncoder(self.tokenizer, o.seq_length)
+        self.make_samples, collate_fn = make_samples, collate
         tc = transformer_config(self.model_cfg, par, "bf16" if o.bf16 else "fp32")
-        self.model = build_task_model(t.task, self.model_cfg, tc, o.cls_dropout, o.seed)
+        if t.format == "cloze":  # the LM head at a pattern's blank (finetune/cloze.py)
+            from megatron_vega.finetune.cloze import build_cloze_model, collate_cloze
+            self.model = build_cloze_model(run, [self.train, self.dev, self.test], self.model_cfg, self.tokenizer,
+                                           tc)
+            self.make_samples = lambda task, encoder, instances, training: self.model.cloze.samples(instances)
+            collate_fn = collate_cloze
+        else:
+            self.model = build_task_model(t.task, self.model_cfg, tc, o.cls_dropout, o.seed)
         if t.load:
             heads = checkpoint.checkpoint_heads(extra, {t.task: self.model.head})  # a multi-task one too
             checkpoint.load(t.load, self.model, with_head=bool(heads), heads=heads)
@@ -99,12 +107,13 @@ class Run:
                         f"(prompt {sum(p.numel() for p in self.model.prompt.parameters()):,} + head "
                         f"{sum(p.numel() for p in self.model.head.parameters()):,})"
                         + (f"; PANDA teacher {run.panda.panda_teacher}, lambda {lam:g} ({where})" if teacher else ""))
-        self.tuner = Finetuner(self.model, o, run.sift, self.tokenizer.pad_id, teacher, run.panda, lam, run.pdr)
+        self.tuner = Finetuner(self.model, o, run.sift, self.tokenizer.pad_id, teacher, run.panda, lam, run.pdr,
+                               collate_fn)
         self.samples = {}  # split name -> evaluation samples, tokenised once
 
     def _samples(self, split):
         if split.name not in self.samples:
-            self.samples[split.name] = make_samples(split.task, self.encoder, split.instances, training=False)
+            self.samples[split.name] = self.make_samples(split.task, self.encoder, split.instances, training=False)
         return self.samples[split.name]
 
     def predict(self, split) -> tuple[dict, dict]:
@@ -119,7 +128,7 @@ class Run:
         return selection_score(metrics), metrics
 
     def fit(self, instances, tag: str):
-        samples = make_samples(self.train.task, self.encoder, instances, training=True)
+        samples = self.make_samples(self.train.task, self.encoder, instances, training=True)
         if not samples:
             raise VegaInputError(self.train.path, "no training sample (ReCoRD: no answer mention fits a window)")
         return self.tuner.train(samples, self.evaluate_dev, tag)

@@ -43,10 +43,11 @@ class Result:
 
 class Finetuner:
     def __init__(self, model: TaskModel, optim, sift, pad_id: int, teacher: TaskModel | None = None, panda=None,
-                 panda_lambda: float = 0.0, pdr=None):
+                 panda_lambda: float = 0.0, pdr=None, collate_fn=collate):
         """``teacher``/``panda``/``panda_lambda``: PANDA's frozen teacher, its PandaConfig and lambda; ``pdr``: a
-        PdrConfig (finetune/pdr.py)."""
+        PdrConfig (finetune/pdr.py); ``collate_fn``: samples -> batch (the cloze format's own)."""
         self.model, self.optim, self.sift, self.pad_id, self.pdr = model, optim, sift, pad_id, pdr
+        self.collate = collate_fn
         self.teacher, self.panda, self.panda_lambda = teacher, panda, panda_lambda
         self.ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True),
                                            model)
@@ -100,7 +101,8 @@ class Finetuner:
     def _optimizer_and_schedule(self, total_steps: int):
         """Pretraining's Adam and schedule: linear warm-up over --lr-warmup-fraction of the steps, linear decay."""
         o = self.optim
-        optimizer = megatron_optimizer(o, [self.ddp])
+        optimizer = megatron_optimizer(o, [self.ddp],
+                                       config_overrides=getattr(self.model, "optimizer_overrides", None))
         scheduler = lr_scheduler(optimizer, o, train_steps=total_steps, decay_steps=total_steps,
                                  warmup_steps=int(o.lr_warmup_fraction * total_steps))
         return optimizer, scheduler
@@ -110,7 +112,7 @@ class Finetuner:
         optimizer.zero_grad()
         parts = torch.zeros(3)
         for samples in micro_batches:
-            loss, pair = self.loss(self._device(collate(samples, self.pad_id), extra))
+            loss, pair = self.loss(self._device(self.collate(samples, self.pad_id), extra))
             (loss / len(micro_batches)).backward()
             parts += pair.cpu() / len(micro_batches)
         finalize_model_grads([self.ddp])
@@ -167,7 +169,7 @@ class Finetuner:
         out = []
         for i in range(0, len(local), self.optim.micro_batch_size):
             chunk = local[i:i + self.optim.micro_batch_size]
-            logits = self.ddp(self._device(collate(chunk, self.pad_id), extra)).cpu().numpy()
+            logits = self.ddp(self._device(self.collate(chunk, self.pad_id), extra)).cpu().numpy()
             out += np.split(logits, np.cumsum([len(s.rows) for s in chunk])[:-1])
         self.ddp.train()
         if self.dp == 1:

@@ -29,6 +29,10 @@ class AttentionInputs:
     ``position_ids`` [b, s]: per-token positions; the relative positions pos[i] - pos[j] are bucketed per sample
     into one [b, s, s] index shared by layers and heads. None: 0..s-1 for every sample (the shared, cached index).
 
+    ``block_position_ids`` [b, s]: GLM's second position row (the place inside a Part-B span, 0 elsewhere). It is
+    not an attention input: the first pipeline chunk adds its embedding row to the word vectors (VegaModel.embed),
+    it rides here so that every caller that passes a batch's AttentionInputs passes it too.
+
     ``prefix``: deep-prompt keys/values, one (k, v) pair per layer of this pipeline chunk, each
     [b, heads on this rank, P, d]: visible to every query, without relative-position bias."""
     padding_mask: torch.Tensor
@@ -36,10 +40,12 @@ class AttentionInputs:
     block_ids: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
+    block_position_ids: torch.Tensor | None = None
     prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     context_sees_blocks: bool = False
 
-    BATCH_KEYS: ClassVar[tuple[str, ...]] = ("prefix_lengths", "block_ids", "attention_mask", "position_ids")
+    BATCH_KEYS: ClassVar[tuple[str, ...]] = ("prefix_lengths", "block_ids", "attention_mask", "position_ids",
+                                          "block_position_ids")
 
     @classmethod
     def from_batch(cls, batch: dict, prefix=None) -> "AttentionInputs":
@@ -75,6 +81,16 @@ class AttentionInputs:
         for mask in masks[1:]:
             allowed = allowed & mask
         return allowed
+
+    def convolution_mask(self) -> torch.Tensor | None:
+        """Which neighbours the nGiE convolution after layer 0 may read, [b, s, s] bool, or None (all of them):
+        those the attention allows, and with ``block_ids`` only those of the token's own block, so an option's
+        edge tokens read nothing outside it whatever the options' order (UniMC; docs/unimc_and_ppt.md)."""
+        allowed = self.allowed()
+        if self.block_ids is None:
+            return allowed
+        same_block = self.block_ids[:, :, None] == self.block_ids[:, None, :]
+        return same_block if allowed is None else allowed & same_block
 
     def mask_bias(self, dtype: torch.dtype) -> torch.Tensor:
         """The additive mask, [b, 1, s, P + s] in ``dtype``: 0 where a query may attend a key, the dtype's lowest

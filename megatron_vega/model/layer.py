@@ -60,25 +60,6 @@ class VegaLayer(torch.nn.Module):
         return fused_layer.dropout_add_layer_norm(x, residual, norm, self.dropout, self.training)
 
 
-def _block_conv1d(x, weight, bias, block_ids):
-    """conv1d (odd kernel, 'same' padding) where input i + d reaches output i only when both are in the same block:
-    one 1x1 conv per kernel offset on the masked, shifted input. x [b, H, s], block_ids [b, s]. Stricter than the
-    attention rule (which lets an option see the shared text): an option's edge tokens would otherwise read [CLS] or
-    the closing [SEP] only where the option happens to stand first or last, and permuting options would move them."""
-    k, s = weight.shape[-1], x.shape[-1]
-    half = (k - 1) // 2
-    out = bias[None, :, None].expand(x.shape[0], -1, s).clone()
-    for j in range(k):
-        d = j - half
-        lo, hi = max(0, -d), min(s, s - d)  # outputs i in [lo, hi) have a neighbour i + d inside the sequence
-        if hi <= lo:
-            continue
-        here, there = block_ids[:, lo:hi], block_ids[:, lo + d:hi + d]
-        keep = (there == here).to(x.dtype)[:, None, :]
-        out[:, :, lo:hi] += F.conv1d(x[:, :, lo + d:hi + d] * keep, weight[:, :, j:j + 1])
-    return out
-
-
 class ConvLayer(torch.nn.Module):
     """nGiE: LN(layer0_out + act(drop(conv1d(embedding_out)))) * input_mask. The conv is replicated on TP ranks;
     with sequence parallelism it runs on the gathered sequence (it needs its neighbours) and each rank keeps its
@@ -93,22 +74,40 @@ class ConvLayer(torch.nn.Module):
         self.conv = torch.nn.Conv1d(cfg.hidden_size, cfg.hidden_size, k, padding=(k - 1) // 2)
         self.layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon, sequence_parallel)
 
-    def forward(self, embedding_out, layer0_out, input_mask, block_ids=None):
-        """embedding_out, layer0_out: [s(/tp), b, H]; input_mask: [s(/tp), b, 1] of this rank's chunk; block_ids
-        [b, s] (option isolation, model/attention_inputs.py): token i reads neighbour j only inside its own block,
-        so the conv carries nothing from one option into another, whatever their order."""
+    def forward(self, embedding_out, layer0_out, input_mask, allowed=None):
+        """embedding_out, layer0_out: [s(/tp), b, H]; input_mask: [s(/tp), b, 1] of this rank's chunk; allowed:
+        the batch's AttentionInputs.convolution_mask() [b, s, s] (True = token i may read neighbour j) or None. A
+        neighbour the attention hides from i is hidden from the convolution at i too (GLM's Part B must not see
+        its next token through the convolution, nor Part A its first: docs/glm_and_cloze.md); UniMC's options
+        read no neighbour outside their own option (docs/unimc_and_ppt.md)."""
         full = embedding_out
         if self.sequence_parallel:
             full = tensor_parallel.gather_from_sequence_parallel_region(
                 embedding_out, tensor_parallel_output_grad=False)
         conv = self.conv
-        if block_ids is None:
+        if allowed is None:
             out = runtime.in_fp32(F.conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, padding=conv.padding)
         else:
-            out = runtime.in_fp32(_block_conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, block_ids)
+            out = runtime.in_fp32(masked_conv1d, full.permute(1, 2, 0), conv.weight, conv.bias, allowed)
         out = out.permute(2, 0, 1)  # [s, b, H]
         if self.sequence_parallel:
             out = tensor_parallel.scatter_to_sequence_parallel_region(out)
         out = out * input_mask  # padding positions of the conv output are zeroed before the activation
         out = self.act(hidden_dropout(out, self.dropout, self.training, self.sequence_parallel))
         return self.layernorm(layer0_out + out) * input_mask
+
+
+def masked_conv1d(x, weight, bias, allowed):
+    """F.conv1d with 'same' padding on x [b, H, s], except that tap t of output i (which reads x[i + t - c],
+    c = (k - 1) // 2) counts only where allowed[b, i, i + t - c]: one [H, H] product per tap."""
+    k, s = weight.shape[-1], x.shape[-1]
+    out = bias[None, :, None].expand(x.shape[0], -1, s)
+    for t in range(k):
+        offset = t - (k - 1) // 2
+        lo, hi = max(0, -offset), min(s, s - offset)  # outputs whose tap t reads inside the sequence
+        if lo >= hi:
+            continue
+        keep = torch.diagonal(allowed, offset=offset, dim1=1, dim2=2).to(x.dtype)  # [b, hi - lo]
+        tap = torch.einsum("oh,bhs->bos", weight[:, :, t], x[:, :, lo + offset:hi + offset]) * keep[:, None, :]
+        out = out + F.pad(tap, (lo, s - hi))
+    return out

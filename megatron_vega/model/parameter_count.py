@@ -14,4 +14,5 @@ def count_parameters(cfg: ModelConfig) -> int:
     total += 2 * cfg.attention_span * h + (2 * h if cfg.norm_rel_ebd else 0)
     if cfg.conv_kernel_size > 0:
         total += h * h * cfg.conv_kernel_size + h + 2 * h
+    total += cfg.block_position_embeddings * h  # GLM's position-2 table (none in HF's model)
     return total + (h * h + h) + 2 * h + v  # MLM head: dense, LN, bias

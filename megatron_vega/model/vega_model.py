@@ -63,6 +63,9 @@ class VegaModel(MegatronModule):
                 cfg.padded_vocab_size, cfg.hidden_size, init_method=init, config=mp_config)
             self.word_embeddings.weight.shared_embedding = cross_stage and ties
             self.embedding_layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon, self.sequence_parallel)
+            # GLM's intra-span positions (docs/glm_and_cloze.md): a small replicated table, added to the word vectors
+            self.block_position_embeddings = (torch.nn.Embedding(cfg.block_position_embeddings, cfg.hidden_size)
+                                              if cfg.block_position_embeddings > 0 else None)
         self.rel_embeddings = torch.nn.Embedding(2 * cfg.attention_span, cfg.hidden_size)
         init(self.rel_embeddings.weight)
         self.rel_layernorm = layer_norm(cfg.hidden_size, cfg.layernorm_epsilon) if cfg.norm_rel_ebd else None
@@ -127,10 +130,13 @@ class VegaModel(MegatronModule):
         finally:
             self._embedding_hook = previous
 
-    def embed(self, tokens, input_mask):
-        """tokens [b, s] -> LN(word embeddings, through the embedding hook if one is set) * mask, dropped out:
-        [s(/tp), b, H]; input_mask [s(/tp), b, 1]."""
-        vectors = self.word_embeddings(tokens).transpose(0, 1).contiguous()
+    def embed(self, tokens, input_mask, block_position_ids=None):
+        """tokens [b, s] -> LN(word embeddings (+ GLM's block-position rows), through the embedding hook if one is
+        set) * mask, dropped out: [s(/tp), b, H]; input_mask [s(/tp), b, 1]."""
+        vectors = self.word_embeddings(tokens)
+        if self.block_position_embeddings is not None and block_position_ids is not None:
+            vectors = vectors + self.block_position_embeddings(block_position_ids.long()).to(vectors.dtype)
+        vectors = vectors.transpose(0, 1).contiguous()
         if self._embedding_hook is not None:
             vectors = self._embedding_hook(vectors, tokens)
         if self.sequence_parallel:
@@ -148,7 +154,7 @@ class VegaModel(MegatronModule):
         [n, V/tp] at the flat (s-major) ``lm_positions``), else this chunk's hidden states [s(/tp), b, H]."""
         input_mask = self.input_mask(attention.padding_mask)
         if self.pre_process:
-            hidden = self.embed(tokens, input_mask)
+            hidden = self.embed(tokens, input_mask, attention.block_position_ids)
         else:
             hidden = self.input_tensor
         hidden = self.encode(hidden, attention, input_mask)
@@ -173,7 +179,7 @@ class VegaModel(MegatronModule):
             else:
                 hidden = layer(hidden, rel, rel_index, mask_bias, None if prefix is None else prefix[i])
             if i == 0 and self.conv is not None:
-                hidden = self.conv(embedding_out, hidden, input_mask, attention.block_ids)
+                hidden = self.conv(embedding_out, hidden, input_mask, attention.convolution_mask())
         return hidden
 
     def heads_output(self, hidden, **head_inputs):

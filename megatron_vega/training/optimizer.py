@@ -23,9 +23,10 @@ def optimizer_config(cfg, use_distributed_optimizer: bool = False) -> OptimizerC
         use_distributed_optimizer=use_distributed_optimizer, **scaling)
 
 
-def megatron_optimizer(cfg, model_chunks: list, use_distributed_optimizer: bool = False):
-    """Adam with decoupled weight decay (``optimizer_config``) over the DDP-wrapped ``model_chunks``."""
-    return build_optimizer(optimizer_config(cfg, use_distributed_optimizer), model_chunks)
+def megatron_optimizer(cfg, model_chunks: list, use_distributed_optimizer: bool = False, config_overrides=None):
+    """Adam with decoupled weight decay (``optimizer_config``) over the DDP-wrapped ``model_chunks``;
+    ``config_overrides``: megatron-core's {ParamKey: ParamGroupOverride} (e.g. a second learning rate)."""
+    return build_optimizer(optimizer_config(cfg, use_distributed_optimizer), model_chunks, config_overrides)
 
 
 def lr_scheduler(optimizer, cfg, train_steps: int, decay_steps: int, warmup_steps: int,
@@ -39,8 +40,8 @@ def lr_scheduler(optimizer, cfg, train_steps: int, decay_steps: int, warmup_step
         wd_incr_steps=train_steps, wd_incr_style="constant")
 
 
-def build_optimizer(config: OptimizerConfig, model_chunks: list):
-    optimizer = get_megatron_optimizer(config, model_chunks)
+def build_optimizer(config: OptimizerConfig, model_chunks: list, config_overrides=None):
+    optimizer = get_megatron_optimizer(config, model_chunks, config_overrides=config_overrides)
     use_fused_torch_adam(optimizer)
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         _keep_bucket_padding_in_gathered_state(opt)

@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from megatron_vega.cli import option
 from megatron_vega.errors import VegaInputError
 
-FORMATS = ("head", "unimc")  # --format: a task head on [CLS]/spans, or UniMC's multiple choice on the MLM head
 MASKS = ("reference", "isolated")
 
 

@@ -1,0 +1,147 @@
+"""Cloze fine-tuning (finetune/cloze.py): the sequences each style builds, the scores against a naive full-vocabulary
+reference, TP=2 equal to TP=1, and P-tuning's second learning-rate group."""
+import pytest
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_vega import runtime
+from megatron_vega.config import ParallelConfig
+from megatron_vega.data.glm_blanks import GLMSpecialIds
+from megatron_vega.data.tokenizer import SyntheticVocab
+from megatron_vega.finetune.cloze import ClozeEncoder, ClozeModel, collate_cloze
+from megatron_vega.model.attention_inputs import AttentionInputs
+from megatron_vega.model.build import build_model, transformer_config
+from megatron_vega.model.heads import MLM_HEAD
+from megatron_vega.model.weights import init_weights
+from megatron_vega.prompt.prompt import PromptEncoder
+from megatron_vega.superglue.formats import Instance
+from tests.distributed import spawn
+from tests.model.helpers import tiny_config
+
+IDS = GLMSpecialIds(mask=4, sop=996, eop=997, smask=998, gmask=999, pad=0)
+
+
+class WordTokenizer(SyntheticVocab):
+    """One id per word (stable hash), enough to lay patterns out; 'Maybe' is two tokens."""
+
+    def __init__(self):
+        super().__init__(996)
+
+    def encode(self, text):
+        if text == "Maybe":
+            return [30, 31]
+        return [10 + sum(map(ord, w)) % 900 for w in text.split()]
+
+
+def _instances(task):
+    if task == "COPA":
+        return [Instance("COPA", 0, "The man fell because", "He slipped.", 1, group=0, option=0),
+                Instance("COPA", 0, "The man fell because", "He sang a song.", 0, group=0, option=1)]
+    return [Instance(task, i, "a man walks in the park today", "a man walks", i % 2) for i in range(3)]
+
+
+def test_glm_and_pet_sequences():
+    tok = WordTokenizer()
+    glm = ClozeEncoder("RTE", tok, 64, "glm", IDS, prompt_length=0)
+    assert glm.single_token
+    [seq] = glm.samples(_instances("RTE"))[0].sequences
+    blank = seq.tokens.index(tok.mask_id)
+    assert seq.tokens[-1] == IDS.sop and seq.tokens[-2] == tok.sep_id and seq.prefix == len(seq.tokens) - 1
+    assert seq.pos1[-1] == blank and seq.pos2[-1] == 1 and seq.reads == (len(seq.tokens) - 1,)
+    # CB's "Maybe" has two tokens: every class is scored by Σ log p over its answer + [eop]
+    cb = ClozeEncoder("CB", tok, 64, "glm", IDS, prompt_length=2)
+    seqs = cb.samples(_instances("CB"))[0].sequences
+    assert len(seqs) == 3 and seqs[2].targets == (30, 31, IDS.eop) and seqs[2].pos2[-3:] == (1, 2, 3)
+    assert sum(1 for s in seqs[0].slots if s) == 2  # the [P] slot became two prompt positions
+    pet = ClozeEncoder("CB", tok, 64, "pet", None, prompt_length=0)
+    maybe = pet.samples(_instances("CB"))[0].sequences[2]
+    assert [maybe.tokens[r] for r in maybe.reads] == [tok.mask_id] * 2 and maybe.targets == (30, 31)
+    copa = ClozeEncoder("COPA", tok, 64, "glm", IDS, prompt_length=0).samples(_instances("COPA"))
+    assert len(copa) == 1 and len(copa[0].sequences) == 2 and copa[0].labels == (0,)
+
+
+def _naive_scores(model, batch, cloze):
+    """Full-vocabulary logits at every position, then the class scores by hand."""
+    encoder = model.encoder
+    full = encoder(batch["tokens"], AttentionInputs.from_batch(batch))  # [s, n, V/tp]
+    parts = [torch.empty_like(full) for _ in range(parallel_state.get_tensor_model_parallel_world_size())]
+    dist.all_gather(parts, full.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+    full = torch.cat(parts, dim=-1).transpose(0, 1)  # [n, s, V]
+    n = full.shape[0]
+    flat = full.reshape(-1, full.shape[-1])  # batch-major here
+    positions = batch["lm_positions"]
+    rows_at = flat[(positions % n) * full.shape[1] + positions // n]
+    if cloze.single_token:
+        ids = [a[0] for a in cloze.answers]
+        return rows_at[:, ids][batch["read_rows"].argsort()]
+    log_probs = torch.log_softmax(rows_at.double(), -1).gather(1, batch["read_targets"][:, None])[:, 0]
+    scores = torch.zeros(len(batch["labels"]), int(batch["read_classes"].max()) + 1, dtype=torch.double)
+    for lp, r, c in zip(log_probs, batch["read_rows"], batch["read_classes"]):
+        scores[r, c] += lp
+    return scores.float()
+
+
+def _scores(tp: int):
+    runtime.init_model_parallel(tp, 1, seed=3)
+    cfg = tiny_config(block_position_embeddings=65)
+    [encoder] = build_model(cfg, transformer_config(cfg, ParallelConfig(tensor_model_parallel_size=tp)),
+                            heads=(MLM_HEAD,))
+    init_weights([encoder], seed=4)
+    out = []
+    for task, style, prompt in (("RTE", "glm", 0), ("CB", "glm", 2), ("COPA", "pet", 2)):
+        cloze = ClozeEncoder(task, WordTokenizer(), 64, style, IDS, prompt_length=prompt)
+        prompt_encoder = None
+        if prompt:
+            prompt_encoder = PromptEncoder(prompt, cfg.hidden_size, cfg.hidden_size, "lstm", 32)
+            prompt_encoder.reset_parameters(5)
+        model = ClozeModel(encoder, cloze, prompt_encoder)
+        batch = collate_cloze(cloze.samples(_instances(task)), 0)
+        with torch.no_grad():
+            scores = model(batch)
+            if prompt_encoder is None:  # the naive reference has no prompt hook
+                assert torch.allclose(scores, _naive_scores(model, batch, cloze), atol=1e-5), task
+        out.append(scores)
+    parallel_state.destroy_model_parallel()
+    return out
+
+
+def _worker(rank, world):
+    for tp1, tp2 in zip(_scores(1), _scores(2)):
+        assert torch.allclose(tp1, tp2, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cloze_scores_match_a_naive_reference_and_tp2_equals_tp1():
+    spawn(_worker, 2)
+
+
+def test_prompt_encoder_gets_its_own_learning_rate(single_process):
+    from megatron_vega.finetune.cloze_config import ClozeConfig
+    from megatron_vega.finetune.config import FinetuneRun, OptimConfig
+    from megatron_vega.finetune.trainer import Finetuner
+    from megatron_vega.prompt.config import PromptConfig
+
+    cfg = tiny_config(block_position_embeddings=65)
+    tc = transformer_config(cfg, ParallelConfig())
+    [encoder] = build_model(cfg, tc, heads=(MLM_HEAD,))
+    prompt_encoder = PromptEncoder(2, cfg.hidden_size, cfg.hidden_size, "lstm", 32)
+    for p in prompt_encoder.parameters():
+        p.cloze_prompt = True
+    model = ClozeModel(encoder, ClozeEncoder("RTE", WordTokenizer(), 64, "glm", IDS, 2), prompt_encoder)
+    from megatron.core.optimizer import ParamKey
+    model.optimizer_overrides = {ParamKey(attr="cloze_prompt"): {"max_lr": 1e-3, "min_lr": 0.0}}
+    run = FinetuneRun(optim=OptimConfig(lr=1e-5, epochs=1), prompt=PromptConfig(), cloze=ClozeConfig())
+    tuner = Finetuner(model, run.optim, run.sift, 0, collate_fn=collate_cloze)
+    optimizer, scheduler = tuner._optimizer_and_schedule(10)
+    for _ in range(5):
+        scheduler.step(increment=1)
+    prompt_ids = {id(p) for p in prompt_encoder.parameters()}
+    rates = {}
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for group in opt.optimizer.param_groups:
+            kind = "prompt" if any(id(p) in prompt_ids for p in group["params"]) else "backbone"
+            rates.setdefault(kind, set()).add(round(group["lr"] / (1e-3 if kind == "prompt" else 1e-5), 6))
+    assert set(rates) == {"prompt", "backbone"}
+    # one schedule (same fraction of the peak after 5 steps), two peaks: 1e-3 for the prompt, 1e-5 for the rest
+    assert rates["prompt"] == rates["backbone"] and len(rates["prompt"]) == 1 and 0 < min(rates["prompt"]) <= 1
