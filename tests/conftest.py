@@ -2,8 +2,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Triton reads TRITON_INTERPRET when a kernel is defined, so on a machine without a GPU it is set here, before any
+# test module is imported: whichever test first imports a kernel module, it gets the interpreter
+# (tests/ops/triton).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def shared_data_dir() -> Path:

@@ -168,6 +168,9 @@ class FinetuneRun:
         if self.prompt.prompt_tuning and t.save:
             raise VegaInputError("--save", "with --prompt-tuning the backbone is frozen: save the prompt and head "
                                            "with --save-prompt FILE")
+        if self.pdr.pdr and t.format != "head":
+            raise VegaInputError("--pdr", f"regularises the task heads' posteriors (--format head), not --format "
+                                          f"{t.format}")
         if self.pdr.pdr and (self.prompt.prompt_tuning or self.pdr.pdr_noise <= 0 or self.pdr.pdr_alpha < 0):
             raise VegaInputError("--pdr", "needs --pdr-noise > 0 and --pdr-alpha >= 0, and not --prompt-tuning "
                                           "(the prompt owns the embedding hook)")
@@ -185,3 +188,5 @@ class FinetuneRun:
             raise VegaInputError("--multitask-temperature", f"must be > 0, got {m.multitask_temperature}")
         if self.transductive.transductive_rounds or self.prompt.prompt_tuning:
             raise VegaInputError("--multitask", "not with --transductive-rounds or --prompt-tuning")
+        if t.format != "head":
+            raise VegaInputError("--multitask", f"trains task heads (--format head), not --format {t.format}")

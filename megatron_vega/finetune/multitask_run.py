@@ -48,6 +48,7 @@ class TaskView(Run):
 
     def __init__(self, run, encoder, tuner, task_id: int, splits: dict):  # not Run.__init__: the model is shared
         self.run, self.encoder, self.samples = run, encoder, {}
+        self.make_samples = make_samples  # multi-task runs use task heads (--format head) only
         self.tuner = _OneHead(tuner, task_id)
         self.train, self.dev, self.test, self.extra_splits = (splits["train"], splits["dev"], splits["test"],
                                                               splits["extra"])

@@ -1,7 +1,11 @@
 """The mask and position cases every core is checked on (tests/ops/attention), with padding in every batch."""
 import torch
 
+from megatron_vega.ops.attention import CORES
+
 B, S = 3, 12
+# the cores that run CPU tensors (the Triton one is checked under the interpreter: tests/ops/triton)
+CPU_CORES = [name for name, c in CORES.items() if c.support.runs(torch.device("cpu"), torch.float32)]
 
 
 def padding() -> torch.Tensor:

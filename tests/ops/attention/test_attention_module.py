@@ -12,11 +12,10 @@ from megatron_vega.config import ParallelConfig
 from megatron_vega.model.attention import DisentangledSelfAttention
 from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.build import transformer_config
-from megatron_vega.ops.attention import CORES
 from tests.distributed import spawn
 from tests.model.helpers import hf_reference, padded_batch, tiny_config, vega_from_hf
 from tests.ops.attention import reference
-from tests.ops.attention.cases import CASES, B, S, case, padding
+from tests.ops.attention.cases import CASES, CPU_CORES, B, S, case, padding
 
 P = 3
 
@@ -96,7 +95,7 @@ def _worker(rank, world):
     for tp in (1, 2):
         runtime.init_model_parallel(tp, 1, seed=7)
         worst = max(_compare_module(tp, core, name, prefix_len)
-                    for core in CORES for name in CASES for prefix_len in (0, P))
+                    for core in CPU_CORES for name in CASES for prefix_len in (0, P))
         if rank == 0:
             print(f"TP={tp}: max |module - dense reference| over outputs and gradients {worst:.1e}")
         parallel_state.destroy_model_parallel()
@@ -107,7 +106,7 @@ def test_module_matches_the_dense_reference_at_tp1_and_tp2():
     spawn(_worker, 2)
 
 
-@pytest.mark.parametrize("core", list(CORES))
+@pytest.mark.parametrize("core", CPU_CORES)
 def test_arange_positions_reproduce_the_shared_index_bit_for_bit(single_process, core):
     cfg = tiny_config(attention_backend=core)
     model = vega_from_hf(cfg, hf_reference(cfg))

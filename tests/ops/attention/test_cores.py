@@ -9,11 +9,9 @@ from megatron_vega.errors import VegaInputError
 from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.ops.attention import BACKENDS, CORES, select_core
 from tests.ops.attention import reference
-from tests.ops.attention.cases import CASES, B, S, case, padding
+from tests.ops.attention.cases import CASES, CPU_CORES, B, S, case, padding
 
 H, D, P = 2, 4, 3
-# the cores that run CPU tensors (the Triton one is checked under the interpreter: tests/ops/triton)
-CPU_CORES = [name for name, c in CORES.items() if c.support.runs(torch.device("cpu"), torch.float32)]
 
 
 def _leaves(prefix_len: int, seed: int = 1):
