@@ -6,7 +6,7 @@ from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune.cloze_config import ClozeConfig
 from megatron_vega.prompt.config import PandaConfig, PromptConfig
 from megatron_vega.superglue.formats import COPA_STYLES
-from megatron_vega.unimc.config import UniMCConfig
+from megatron_vega.unimc.config import UniMCConfig, check_unimc_run
 
 FINETUNE_TASKS = ("BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC")
 SIFT_LOSSES = ("symmetric-kl", "kl", "mse")
@@ -168,6 +168,8 @@ class FinetuneRun:
         if self.prompt.prompt_tuning and t.save:
             raise VegaInputError("--save", "with --prompt-tuning the backbone is frozen: save the prompt and head "
                                            "with --save-prompt FILE")
+        if t.format == "unimc":
+            check_unimc_run(self)
         if self.pdr.pdr and t.format != "head":
             raise VegaInputError("--pdr", f"regularises the task heads' posteriors (--format head), not --format "
                                           f"{t.format}")

@@ -9,17 +9,23 @@ given by ``--load`` is checked against TP when it loads (its shape lives in the 
 from megatron_vega.config import ParallelConfig, model_preset
 from megatron_vega.data.sampler import check_batch_sizes
 from megatron_vega.errors import VegaInputError
+from megatron_vega.unimc.config import describe
+
+
+def _data_parallel_size(tp: int, world: int) -> int:
+    if tp < 1:
+        raise VegaInputError("--tensor-model-parallel-size", f"must be >= 1, got {tp}")
+    if world % tp:
+        raise VegaInputError("--tensor-model-parallel-size",
+                             f"TP={tp} does not divide the world size {world} (WORLD_SIZE)")
+    return world // tp
 
 
 def dry_run(run, world: int) -> dict:
     """Raise VegaInputError (naming the flag) for an impossible layout; print and return the plan."""
     t, o, tr = run.task, run.optim, run.transductive
     tp = o.tensor_model_parallel_size
-    if tp < 1:
-        raise VegaInputError("--tensor-model-parallel-size", f"must be >= 1, got {tp}")
-    if world % tp:
-        raise VegaInputError("--tensor-model-parallel-size",
-                             f"TP={tp} does not divide the world size {world} (WORLD_SIZE)")
+    _data_parallel_size(tp, world)
     if run.model_preset:
         ParallelConfig(tensor_model_parallel_size=tp).validate(model_preset(run.model_preset), world)
     dp = world // tp
@@ -30,7 +36,9 @@ def dry_run(run, world: int) -> dict:
     print(f"layout: world {world} = TP {tp} x PP 1 x DP {dp}; global batch {gbs} = {plan['micro_batches']} "
           f"micro-batches x {o.micro_batch_size} x DP {dp}")
     weights = f"random {run.model_preset}" if run.model_preset else f"{t.load} (shape checked when it loads)"
-    extras = [_prompt_summary(run),
+    extras = [describe(run.unimc) if t.format == "unimc" else "",
+              f"{t.format} format" if t.format not in ("head", "unimc") else "",
+              _prompt_summary(run),
               f"SiFT lambda {run.sift.sift_lambda}" if run.sift.sift else "",
               f"PDR {run.pdr.pdr_divergence} alpha {run.pdr.pdr_alpha} noise {run.pdr.pdr_noise:g}" if run.pdr.pdr
               else "",
@@ -49,3 +57,16 @@ def _prompt_summary(run) -> str:
         return ""
     return (f"{p.prompt_type} prompt of {p.prompt_length} (encoder {p.prompt_encoder}, frozen backbone)"
             + (f", PANDA teacher {panda.panda_teacher} ({panda.panda_kd} KD)" if panda.panda_teacher else ""))
+
+
+def zero_shot_dry_run(args, data: str, unimc, world: int) -> dict:
+    """``finetune_superglue.py zero-shot ... --dry-run``: the layout and what would be scored, nothing read (the
+    words and mask a UniMC checkpoint names are not looked up: the flags' values or the defaults are shown)."""
+    tp = args.tensor_model_parallel_size
+    dp = _data_parallel_size(tp, world)
+    plan = {"world": world, "tp": tp, "pp": 1, "dp": dp, "micro_batch": args.micro_batch_size}
+    print(f"layout: world {world} = TP {tp} x PP 1 x DP {dp}; each DP rank scores its share of the items "
+          f"{args.micro_batch_size} at a time")
+    print(f"zero-shot {args.task} on {data} from {args.load} (shape checked when it loads): {describe(unimc, False)}"
+          f", seq {args.seq_length}" + (f", predictions -> {args.predict}" if args.predict else ""))
+    return plan

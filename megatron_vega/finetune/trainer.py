@@ -5,6 +5,11 @@ evaluation after every epoch and the best-dev weights kept in memory.
 Tensor parallelism lives in the model; data parallelism is DDP plus the Megatron sampler layout (each global
 batch cut into micro-batches, rank r reading the r-th slice of each). Pipeline parallelism is not supported:
 SiFT's nested backward does not fit megatron-core's pipeline schedules, so the loop calls forward/backward itself.
+
+Formats that are not a task head (UniMC, finetune/unimc.py) subclass Finetuner and override its hooks: ``batch``
+(samples -> device batch), ``loss`` (batch -> loss and three logged parts), ``log_parts`` (how the second and third
+parts are named in the log) and ``predict_rows`` (one forward's output -> a score array per sample); the optimizer,
+schedule, accumulation, DP layout, epochs and best-dev selection stay here.
 """
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +102,22 @@ class Finetuner:
         """The batch on the device, with ``extra`` entries (multi-task: the batch's task id) added."""
         return {k: v.to(runtime.device()) for k, v in {**batch, **(extra or {})}.items()}
 
+    # -- hooks a format overrides ---------------------------------------------------------------------------------
+    def batch(self, samples: list, training: bool, extra: dict | None = None) -> dict:
+        """One micro-batch on the device (``training``: a format may draw training-only noise, e.g. masking)."""
+        return self._device(self.collate(samples, self.pad_id), extra)
+
+    def predict_rows(self, samples: list, batch: dict) -> list[np.ndarray]:
+        """The model's output on ``batch`` split into one array per sample (here: its logit rows)."""
+        logits = self.ddp(batch).cpu().numpy()
+        return np.split(logits, np.cumsum([len(s.rows) for s in samples])[:-1])
+
+    def log_parts(self, second: float, third: float) -> str:
+        """The log's text for the second and third loss parts ``loss`` returns."""
+        return ((f" | adv loss {second:.4f}" if self.sift.sift else "")
+                + (f" | kd loss {second:.4f}" if self.teacher is not None else "")
+                + (f" | pdr loss {third:.4g}" if self.pdr is not None and self.pdr.pdr else ""))
+
     # -- training -------------------------------------------------------------------------------------------------
     def _optimizer_and_schedule(self, total_steps: int):
         """Pretraining's Adam and schedule: linear warm-up over --lr-warmup-fraction of the steps, linear decay."""
@@ -112,7 +133,7 @@ class Finetuner:
         optimizer.zero_grad()
         parts = torch.zeros(3)
         for samples in micro_batches:
-            loss, pair = self.loss(self._device(self.collate(samples, self.pad_id), extra))
+            loss, pair = self.loss(self.batch(samples, training=True, extra=extra))
             (loss / len(micro_batches)).backward()
             parts += pair.cpu() / len(micro_batches)
         finalize_model_grads([self.ddp])
@@ -144,11 +165,9 @@ class Finetuner:
                 if step % o.log_interval == 0 or step == total:
                     n = (step - 1) % o.log_interval + 1
                     dist.all_reduce(logged, group=parallel_state.get_data_parallel_group())
-                    task, adv, pdr = (logged / (n * self.dp)).tolist()
+                    task, second, third = (logged / (n * self.dp)).tolist()
                     print_rank0(f"{tag} epoch {epoch} step {step}/{total} | lr {optimizer.param_groups[0]['lr']:.3e}"
-                                f" | loss {task:.4f}" + (f" | adv loss {adv:.4f}" if self.sift.sift else "")
-                                + (f" | kd loss {adv:.4f}" if self.teacher is not None else "")
-                                + (f" | pdr loss {pdr:.4g}" if self.pdr is not None and self.pdr.pdr else "")
+                                f" | loss {task:.4f}" + self.log_parts(second, third)
                                 + (f" | grad norm {grad_norm:.3f}" if grad_norm is not None else ""))
                     logged.zero_()
             score, metrics = evaluate()
@@ -162,15 +181,14 @@ class Finetuner:
     # -- inference ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, samples: list[Sample], extra: dict | None = None) -> list[np.ndarray]:
-        """Logit rows of every sample ([rows, classes] each), computed DP-sharded and gathered on all ranks;
-        ``extra`` as in ``_device``."""
+        """``predict_rows`` of every sample (logit rows [rows, classes] each), computed DP-sharded and gathered on
+        all ranks; ``extra`` as in ``_device``."""
         self.ddp.eval()
         local = samples[self.dp_rank::self.dp]
         out = []
         for i in range(0, len(local), self.optim.micro_batch_size):
             chunk = local[i:i + self.optim.micro_batch_size]
-            logits = self.ddp(self._device(self.collate(chunk, self.pad_id), extra)).cpu().numpy()
-            out += np.split(logits, np.cumsum([len(s.rows) for s in chunk])[:-1])
+            out += self.predict_rows(chunk, self.batch(chunk, training=False, extra=extra))
         self.ddp.train()
         if self.dp == 1:
             return out

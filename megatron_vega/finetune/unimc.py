@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
-from megatron.core.distributed import finalize_model_grads
 
 from megatron_vega import runtime
 from megatron_vega.cli import add_dataclass_flags
@@ -27,7 +25,7 @@ from megatron_vega.finetune.tasks import selection_score, task_files
 from megatron_vega.finetune.trainer import Finetuner, print_rank0
 from megatron_vega.model.build import transformer_config
 from megatron_vega.training.checkpointing import check_save_dir
-from megatron_vega.unimc.config import UniMCConfig
+from megatron_vega.unimc.config import UniMCConfig, check_unimc_run
 from megatron_vega.unimc.layout import TextMasking, UniMCEncoder, collate, verbalizer_id
 from megatron_vega.unimc.losses import mlm_loss, op_loss, per_option
 from megatron_vega.unimc.model import build_unimc_model, load_mlm, save_mlm
@@ -35,54 +33,31 @@ from megatron_vega.unimc.tasks import CHOICE_TASKS, ChoiceSplit, split_path
 
 
 class UniMCTuner(Finetuner):
-    """Finetuner with UniMC's batches, loss (OP + MLM, logged as "loss" = OP and "adv loss" slot unused) and
-    option scores."""
+    """Finetuner with UniMC's batches (text MLM masking while training), loss (OP + MLM, logged with its two parts)
+    and per-sample output (the option scores)."""
 
     def __init__(self, model, optim, pad_id: int, no_id: int, masking: TextMasking | None):
         super().__init__(model, optim, SiftConfig(), pad_id)
         self.no_id, self.masking, self.micro_batches = no_id, masking, 0
 
-    def batch(self, samples, training: bool) -> dict:
+    def batch(self, samples, training: bool, extra=None) -> dict:
         rng, masking = None, self.masking if training else None
         if masking is not None:  # one draw per micro-batch, the same on the TP ranks of a DP rank
             self.micro_batches += 1
             rng = np.random.default_rng((self.optim.seed, self.micro_batches, self.dp_rank))
-        return self._device(collate(samples, self.pad_id, self.model.yes_id, self.no_id, masking, rng))
+        return self._device(collate(samples, self.pad_id, self.model.yes_id, self.no_id, masking, rng), extra)
 
     def loss(self, batch):
         out = self.ddp(batch)
         op, mlm = op_loss(out["scores"], batch["gold"]), mlm_loss(out["lm_logits"], out["lm_targets"])
-        return op + mlm, torch.stack([(op + mlm).detach(), mlm.detach()])
+        return op + mlm, torch.stack([(op + mlm).detach(), op.detach(), mlm.detach()])
 
-    def _step(self, optimizer, scheduler, micro_batches):
-        self.ddp.zero_grad_buffer()
-        optimizer.zero_grad()
-        parts = torch.zeros(2)
-        for samples in micro_batches:
-            loss, pair = self.loss(self.batch(samples, training=True))
-            (loss / len(micro_batches)).backward()
-            parts += pair.cpu() / len(micro_batches)
-        finalize_model_grads([self.ddp])
-        updated, grad_norm, _ = optimizer.step()
-        if updated:
-            scheduler.step(increment=1)
-        return parts, grad_norm
+    def log_parts(self, op: float, mlm: float) -> str:
+        return f" | op loss {op:.4f} | mlm loss {mlm:.4f}"
 
-    @torch.no_grad()
-    def predict(self, samples) -> list[np.ndarray]:
-        """Each sample's option scores (the "yes" logits at its O-MASKs), DP-sharded and gathered on all ranks."""
-        self.ddp.eval()
-        local = samples[self.dp_rank::self.dp]
-        out = []
-        for i in range(0, len(local), self.optim.micro_batch_size):
-            batch = self.batch(local[i:i + self.optim.micro_batch_size], training=False)
-            out += [s.cpu().numpy() for s in per_option(self.ddp(batch)["scores"], batch["omask"])]
-        self.ddp.train()
-        if self.dp == 1:
-            return out
-        parts = [None] * self.dp
-        dist.all_gather_object(parts, out, group=parallel_state.get_data_parallel_group())
-        return [parts[i % self.dp][i // self.dp] for i in range(len(samples))]
+    def predict_rows(self, samples, batch) -> list[np.ndarray]:
+        """Each sample's option scores (the "yes" logits at its O-MASKs)."""
+        return [s.cpu().numpy() for s in per_option(self.ddp(batch)["scores"], batch["omask"])]
 
 
 @dataclass
@@ -116,14 +91,6 @@ def setup(run: FinetuneRun, yes: str, no: str, mask: str, text_mlm: bool) -> Set
     masking = TextMasking(tokenizer.mask_id, tokenizer.vocab_size, tokenizer.is_special) if text_mlm else None
     return Setup(model_cfg, tokenizer, model, UniMCTuner(model, o, tokenizer.pad_id, no_id, masking),
                  UniMCEncoder.from_tokenizer(tokenizer, o.seq_length))
-
-
-def check_unimc_run(run: FinetuneRun) -> None:
-    used = [flag for flag, on in (("--sift", run.sift.sift), ("--prompt-tuning", run.prompt.prompt_tuning),
-                                  ("--transductive-rounds", run.transductive.transductive_rounds)) if on]
-    if used:
-        raise VegaInputError(used[0], "not with --format unimc")
-    run.unimc.validate()
 
 
 def finetune_unimc(run: FinetuneRun) -> dict:
@@ -191,16 +158,28 @@ def zero_shot_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch-size", type=int, default=16, help="Items per forward (default 16).")
     p.add_argument("--tensor-model-parallel-size", type=int, default=1, help="Tensor-parallel size (default 1).")
     p.add_argument("--max-eval-examples", type=int, help="Score only the first N records.")
+    p.add_argument("--dry-run", action="store_true", help="Check the flags and the layout for WORLD_SIZE; read "
+                                                          "nothing.")
     add_dataclass_flags(p, UniMCConfig, title="unimc", skip=("unimc_text_mlm", "unimc_extra_tasks"))
     return p
 
 
 def zero_shot(argv) -> int:
     args = zero_shot_parser().parse_args(argv)
+    if not (args.data_file or args.data_dir):
+        raise VegaInputError("--data-dir", "required (or --data-file)")
+    if args.micro_batch_size < 1 or args.seq_length < 8:
+        raise VegaInputError("--micro-batch-size", "--micro-batch-size must be >= 1 and --seq-length >= 8")
+    path = args.data_file or split_path(args.task, args.data_dir, args.split)
+    if args.dry_run:
+        from megatron_vega.config import world_size
+        from megatron_vega.finetune.dry_run import zero_shot_dry_run
+        flags = {k: getattr(args, k) for k in ("unimc_yes", "unimc_no", "unimc_mask") if getattr(args, k)}
+        zero_shot_dry_run(args, path, UniMCConfig(**flags), world_size())
+        return 0
     trained = read_extra(args.load).get("unimc", {})  # a UniMC checkpoint names the words and mask it learnt
     yes, no = args.unimc_yes or trained.get("yes", "yes"), args.unimc_no or trained.get("no", "no")
-    mask = args.unimc_mask or trained.get("mask", "reference")
-    path = args.data_file or split_path(args.task, args.data_dir, args.split)
+    mask = args.unimc_mask or trained.get("mask", UniMCConfig.unimc_mask)
     run = FinetuneRun(task=TaskConfig(task=args.task, load=args.load, tokenizer_model=args.tokenizer_model),
                       optim=OptimConfig(epochs=0, micro_batch_size=args.micro_batch_size, seq_length=args.seq_length,
                                         tensor_model_parallel_size=args.tensor_model_parallel_size))

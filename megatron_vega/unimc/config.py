@@ -12,10 +12,10 @@ class UniMCConfig:
     """--format unimc: the task's choices scored by the MLM head's "yes" logit at each option's O-MASK."""
     unimc_yes: str = option("yes", "Word whose logit at an O-MASK scores the option; must be one tokenizer piece.")
     unimc_no: str = option("no", "O-MLM target at the O-MASKs of wrong options; must be one tokenizer piece.")
-    unimc_mask: str = option("reference", "reference: UniMC's mask (question and passage see every option, options "
-                                          "see only themselves and the shared text); isolated: the shared text does "
-                                          "not see the options either, so no option can change another's score.",
-                             choices=list(MASKS))
+    unimc_mask: str = option("isolated", "isolated: options see [CLS], themselves and the shared text, which sees no "
+                                         "option, so no option can change another's score; reference: UniMC's own "
+                                         "mask (question and passage see every option, so with 2+ layers options "
+                                         "reach each other through them).", choices=list(MASKS))
     unimc_text_mlm: bool = option(True, "Auxiliary MLM on the text after the options while training (per-example "
                                         "rate from {0, .1, .2, .3}).")
     unimc_extra_tasks: list[str] = option([], "More tasks whose training splits (<data-dir>/<Task>/train.jsonl) are "
@@ -26,3 +26,20 @@ class UniMCConfig:
         for task in self.unimc_extra_tasks:
             if task not in CHOICE_TASKS:
                 raise VegaInputError("--unimc-extra-tasks", f"{task} is not a choice task ({', '.join(CHOICE_TASKS)})")
+
+
+def check_unimc_run(run) -> None:
+    """--format unimc: the refused combinations (a FinetuneRun's SiFT, prompt tuning, transductive rounds) and the
+    UniMC flags."""
+    used = [flag for flag, on in (("--sift", run.sift.sift), ("--prompt-tuning", run.prompt.prompt_tuning),
+                                  ("--transductive-rounds", run.transductive.transductive_rounds)) if on]
+    if used:
+        raise VegaInputError(used[0], "not with --format unimc")
+    run.unimc.validate()
+
+
+def describe(u: UniMCConfig, extra_tasks: bool = True) -> str:
+    """One line of the UniMC settings, for --dry-run and the logs."""
+    return (f"UniMC (yes {u.unimc_yes!r}, no {u.unimc_no!r}, mask {u.unimc_mask}"
+            + (f", text MLM {'on' if u.unimc_text_mlm else 'off'}" if extra_tasks else "")
+            + (f", with {' '.join(u.unimc_extra_tasks)}" if extra_tasks and u.unimc_extra_tasks else "") + ")")

@@ -23,11 +23,11 @@ from megatron_vega.unimc.losses import option_scores, vocab_columns
 class UniMCModel(MegatronModule):
     """forward(batch) -> {"scores": [b, s] OP scores, "lm_logits": [n, V/tp] at the MLM targets, "lm_targets": [n]}.
 
-    ``mask``: "reference" (UniMC's: the question and passage see every option, options see only themselves and the
-    shared text) or "isolated" (the shared text does not see the options either, so an option's score depends on
-    nothing but itself and the shared text)."""
+    ``mask``: "isolated" (the default: options see [CLS], themselves and the shared text, which sees no option, so an
+    option's score depends on nothing but itself and the shared text) or "reference" (UniMC's: the question and
+    passage see every option as well)."""
 
-    def __init__(self, encoder, yes_id: int, mask: str = "reference"):
+    def __init__(self, encoder, yes_id: int, mask: str = "isolated"):
         super().__init__(config=encoder.config)
         self.encoder, self.yes_id, self.mask = encoder, yes_id, mask
 
