@@ -20,7 +20,7 @@ SUBCOMMANDS = ("score", "bundle")
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "zero-shot":
-        from megatron_vega.finetune.unimc import zero_shot
+        from megatron_vega.finetune.zero_shot import zero_shot
         with exit_on_input_error():
             return zero_shot(argv[1:])
     if argv and argv[0] in SUBCOMMANDS:

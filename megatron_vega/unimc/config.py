@@ -1,10 +1,13 @@
 """UniMC settings (docs/unimc_and_ppt.md), Megatron-style flags generated from this dataclass."""
 from dataclasses import dataclass
+from pathlib import Path
 
 from megatron_vega.cli import option
 from megatron_vega.errors import VegaInputError
 
 MASKS = ("reference", "isolated")
+GENERIC = "MC"  # generic multiple-choice JSONL: {"question", "passage", "options", "label"} per line
+CHOICE_TASKS = ("BoolQ", "CB", "COPA", "MultiRC", "RTE", "WiC", "WSC", "AX-b", "AX-g", GENERIC)
 
 
 @dataclass
@@ -22,7 +25,6 @@ class UniMCConfig:
                                               "mixed into training: UniMC's multi-task training.")
 
     def validate(self) -> None:
-        from megatron_vega.unimc.tasks import CHOICE_TASKS
         for task in self.unimc_extra_tasks:
             if task not in CHOICE_TASKS:
                 raise VegaInputError("--unimc-extra-tasks", f"{task} is not a choice task ({', '.join(CHOICE_TASKS)})")
@@ -31,6 +33,8 @@ class UniMCConfig:
 def check_unimc_run(run) -> None:
     """--format unimc: the refused combinations (a FinetuneRun's SiFT, prompt tuning, transductive rounds) and the
     UniMC flags."""
+    if run.task.task not in CHOICE_TASKS:
+        raise VegaInputError("--task", f"{run.task.task} is not a choice task ({', '.join(CHOICE_TASKS)})")
     used = [flag for flag, on in (("--sift", run.sift.sift), ("--prompt-tuning", run.prompt.prompt_tuning),
                                   ("--transductive-rounds", run.transductive.transductive_rounds)) if on]
     if used:
@@ -43,3 +47,11 @@ def describe(u: UniMCConfig, extra_tasks: bool = True) -> str:
     return (f"UniMC (yes {u.unimc_yes!r}, no {u.unimc_no!r}, mask {u.unimc_mask}"
             + (f", text MLM {'on' if u.unimc_text_mlm else 'off'}" if extra_tasks else "")
             + (f", with {' '.join(u.unimc_extra_tasks)}" if extra_tasks and u.unimc_extra_tasks else "") + ")")
+
+
+def split_path(task: str, data_dir: str | None, split: str) -> str:
+    """<dir>/<Task>/<split>.jsonl (AX-b / AX-g: <dir>/<AX>/<AX>.jsonl)."""
+    if not data_dir:
+        raise VegaInputError("--data-dir", "required (or --data-file)")
+    name = f"{task}.jsonl" if task.startswith("AX-") else f"{split}.jsonl"
+    return str(Path(data_dir) / task / name)

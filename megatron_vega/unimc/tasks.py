@@ -22,10 +22,9 @@ from megatron_vega.errors import VegaInputError
 from megatron_vega.superglue.readers import DATA_LABELS, read_examples
 from megatron_vega.superglue.scoring import evaluate
 from megatron_vega.superglue.submission import write_predictions
+from megatron_vega.unimc.config import CHOICE_TASKS, GENERIC
 from megatron_vega.unimc.layout import ChoiceItem
 
-GENERIC = "MC"  # generic multiple-choice JSONL: {"question", "passage", "options", "label"} per line
-CHOICE_TASKS = ("BoolQ", "CB", "COPA", "MultiRC", "RTE", "WiC", "WSC", "AX-b", "AX-g", GENERIC)
 NLI = {"entailment": "can be inferred: {}", "contradiction": "cannot be inferred: {}",
        "neutral": "hard to infer: {}", "not_entailment": "cannot be inferred: {}"}
 NO_YES = ("no", "yes")
@@ -89,14 +88,6 @@ def read_generic(path: str) -> list[dict]:
     if not records:
         raise VegaInputError(path, "no record")
     return records
-
-
-def split_path(task: str, data_dir: str | None, split: str) -> str:
-    """<dir>/<Task>/<split>.jsonl (AX-b / AX-g: <dir>/<AX>/<AX>.jsonl)."""
-    if not data_dir:
-        raise VegaInputError("--data-dir", "required (or --data-file)")
-    name = f"{task}.jsonl" if task.startswith("AX-") else f"{split}.jsonl"
-    return str(Path(data_dir) / task / name)
 
 
 class ChoiceSplit:
