@@ -9,7 +9,7 @@ given by ``--load`` is checked against TP when it loads (its shape lives in the 
 from megatron_vega.config import ParallelConfig, model_preset
 from megatron_vega.data.sampler import check_batch_sizes
 from megatron_vega.errors import VegaInputError
-from megatron_vega.unimc.config import describe
+from megatron_vega.unimc.config import UniMCConfig, describe
 
 
 def _data_parallel_size(tp: int, world: int) -> int:
@@ -59,14 +59,17 @@ def _prompt_summary(run) -> str:
             + (f", PANDA teacher {panda.panda_teacher} ({panda.panda_kd} KD)" if panda.panda_teacher else ""))
 
 
-def zero_shot_dry_run(args, data: str, unimc, world: int) -> dict:
-    """``finetune_superglue.py zero-shot ... --dry-run``: the layout and what would be scored, nothing read (the
-    words and mask a UniMC checkpoint names are not looked up: the flags' values or the defaults are shown)."""
+def zero_shot_dry_run(args, data: str, flags: dict, world: int) -> dict:
+    """``finetune_superglue.py zero-shot ... --dry-run``: the layout and what would be scored, nothing read (so the
+    words and mask a UniMC checkpoint names are not looked up; ``flags``: the --unimc-* values given)."""
     tp = args.tensor_model_parallel_size
     dp = _data_parallel_size(tp, world)
     plan = {"world": world, "tp": tp, "pp": 1, "dp": dp, "micro_batch": args.micro_batch_size}
     print(f"layout: world {world} = TP {tp} x PP 1 x DP {dp}; each DP rank scores its share of the items "
           f"{args.micro_batch_size} at a time")
-    print(f"zero-shot {args.task} on {data} from {args.load} (shape checked when it loads): {describe(unimc, False)}"
-          f", seq {args.seq_length}" + (f", predictions -> {args.predict}" if args.predict else ""))
+    given = "".join(f"{name.replace('_', '-')} {value}, " for name, value in flags.items())
+    print(f"zero-shot {args.task} on {data} from {args.load} (shape checked when it loads): UniMC, {given}"
+          f"{'other ' if given else ''}words and mask as the checkpoint names (else 'yes', 'no', "
+          f"{UniMCConfig.unimc_mask}), seq {args.seq_length}"
+          + (f", predictions -> {args.predict}" if args.predict else ""))
     return plan

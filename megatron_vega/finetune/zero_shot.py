@@ -43,7 +43,7 @@ def zero_shot(argv) -> int:
         from megatron_vega.config import world_size
         from megatron_vega.finetune.dry_run import zero_shot_dry_run
         flags = {k: getattr(args, k) for k in ("unimc_yes", "unimc_no", "unimc_mask") if getattr(args, k)}
-        zero_shot_dry_run(args, path, UniMCConfig(**flags), world_size())
+        zero_shot_dry_run(args, path, flags, world_size())
         return 0
     from megatron_vega.finetune.unimc import score_zero_shot
     score_zero_shot(args, path)

@@ -73,3 +73,21 @@ def test_dry_run_bad_layouts():
     # Flag errors come first, exactly as without --dry-run.
     _one_line_error(_dry_run(8, *base, "--pipeline-model-parallel-size", 2), "--pipeline-model-parallel-size")
     _one_line_error(_dry_run(8, "--task", "CB", "--data-dir", "x"), "--load")
+
+
+def test_unimc_and_zero_shot_dry_runs(tmp_path):
+    unimc = ("--format", "unimc", "--task", "RTE", "--unimc-extra-tasks", "WiC", "WSC", "--data-dir", "x",
+             "--load", "y", "--tensor-model-parallel-size", 2, "--micro-batch-size", 4, "--global-batch-size", 16)
+    result = _dry_run(4, *unimc)
+    assert result.returncode == 0, result.stderr
+    assert "layout: world 4 = TP 2 x PP 1 x DP 2; global batch 16 = 2 micro-batches x 4 x DP 2" in result.stdout
+    assert "UniMC (yes 'yes', no 'no', mask isolated, text MLM on, with WiC WSC)" in result.stdout
+    _one_line_error(_dry_run(4, *unimc, "--sift"), "--sift: not with --format unimc")
+    _one_line_error(_dry_run(4, *unimc[:3], "ReCoRD", *unimc[4:]), "--task: ReCoRD is not a choice task")
+    zero_shot = ("zero-shot", "--task", "COPA", "--data-dir", tmp_path / "none", "--load", tmp_path / "ckpt",
+                 "--predict", tmp_path / "out", "--tensor-model-parallel-size", 2)
+    result = _dry_run(4, *zero_shot)
+    assert result.returncode == 0, result.stderr
+    assert "layout: world 4 = TP 2 x PP 1 x DP 2" in result.stdout and "COPA/val.jsonl" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing read, nothing written
+    _one_line_error(_dry_run(3, *zero_shot), "--tensor-model-parallel-size")
