@@ -23,7 +23,7 @@ from megatron_vega.finetune.tasks import selection_score, task_files
 from megatron_vega.finetune.trainer import Finetuner, print_rank0
 from megatron_vega.model.build import transformer_config
 from megatron_vega.training.checkpointing import check_save_dir
-from megatron_vega.unimc.config import UniMCConfig, check_unimc_run, split_path
+from megatron_vega.unimc.config import UniMCConfig, split_path
 from megatron_vega.unimc.layout import TextMasking, UniMCEncoder, collate, verbalizer_id
 from megatron_vega.unimc.losses import mlm_loss, op_loss, per_option
 from megatron_vega.unimc.model import build_unimc_model, load_mlm, save_mlm
@@ -92,9 +92,9 @@ def setup(run: FinetuneRun, yes: str, no: str, mask: str, text_mlm: bool) -> Set
 
 
 def finetune_unimc(run: FinetuneRun) -> dict:
-    """--format unimc: train on the task (+ --unimc-extra-tasks), select on dev, predict test, save. Collective."""
+    """--format unimc (flags checked by FinetuneRun.validate): train on the task (+ --unimc-extra-tasks), select on
+    dev, predict test, save. Collective."""
     start, t, o, u = time.perf_counter(), run.task, run.optim, run.unimc
-    check_unimc_run(run)
     if t.save:
         check_save_dir(t.save, t.load, t.overwrite)
     s = setup(run, u.unimc_yes, u.unimc_no, u.unimc_mask, u.unimc_text_mlm)
