@@ -5,7 +5,7 @@ import argparse
 
 from megatron_vega.cli import add_dataclass_flags
 from megatron_vega.errors import VegaInputError
-from megatron_vega.unimc.config import CHOICE_TASKS, UniMCConfig, split_path
+from megatron_vega.unimc.config import CHOICE_TASKS, UniMCConfig, prediction_path, split_path
 
 
 def zero_shot_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,9 @@ def zero_shot(argv) -> int:
     if args.micro_batch_size < 1 or args.seq_length < 8:
         raise VegaInputError("--micro-batch-size", "--micro-batch-size must be >= 1 and --seq-length >= 8")
     path = args.data_file or split_path(args.task, args.data_dir, args.split)
+    if args.predict and not args.overwrite and prediction_path(args.task, args.predict).exists():
+        # refused before the checkpoint is read and the split scored, not after
+        raise VegaInputError(str(prediction_path(args.task, args.predict)), "exists; pass --overwrite to replace it")
     if args.dry_run:
         from megatron_vega.config import world_size
         from megatron_vega.finetune.dry_run import zero_shot_dry_run

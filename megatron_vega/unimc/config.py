@@ -55,3 +55,9 @@ def split_path(task: str, data_dir: str | None, split: str) -> str:
         raise VegaInputError("--data-dir", "required (or --data-file)")
     name = f"{task}.jsonl" if task.startswith("AX-") else f"{split}.jsonl"
     return str(Path(data_dir) / task / name)
+
+
+def prediction_path(task: str, directory) -> Path:
+    """Where zero-shot writes ``task``'s predictions: the leaderboard file name, or ``MC.jsonl`` for generic MC."""
+    from megatron_vega.superglue.submission import submission_name
+    return Path(directory) / (f"{GENERIC}.jsonl" if task == GENERIC else submission_name(task))

@@ -21,8 +21,8 @@ from pathlib import Path
 from megatron_vega.errors import VegaInputError
 from megatron_vega.superglue.readers import DATA_LABELS, read_examples
 from megatron_vega.superglue.scoring import evaluate
-from megatron_vega.superglue.submission import write_predictions
-from megatron_vega.unimc.config import CHOICE_TASKS, GENERIC
+from megatron_vega.superglue.submission import atomic_write_bytes, write_predictions
+from megatron_vega.unimc.config import CHOICE_TASKS, GENERIC, prediction_path
 from megatron_vega.unimc.layout import ChoiceItem
 
 NLI = {"entailment": "can be inferred: {}", "contradiction": "cannot be inferred: {}",
@@ -131,9 +131,6 @@ class ChoiceSplit:
     def write(self, predictions: dict, directory: str, overwrite: bool) -> Path:
         if self.task != GENERIC:
             return write_predictions(self.task, self.examples, predictions, directory, overwrite=overwrite)
-        target = Path(directory) / f"{GENERIC}.jsonl"
-        if target.exists() and not overwrite:
-            raise VegaInputError(str(target), "exists; pass --overwrite to replace it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("".join(json.dumps({"idx": k, "label": v}) + "\n" for k, v in predictions.items()))
-        return target
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps({"idx": k, "label": v}) + "\n" for k, v in predictions.items())
+        return atomic_write_bytes(prediction_path(self.task, directory), lines.encode("utf-8"), overwrite=overwrite)
