@@ -14,7 +14,7 @@ with one blank, and the encoder's own language-model head scores the answers the
   positions whose input vectors are the prompt encoder's outputs (placed through the embedding hook), trained
   with their own learning rate ``--cloze-prompt-lr`` beside the backbone's ``--lr``. Without it [P] is dropped.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from megatron.core import parallel_state
@@ -41,7 +41,33 @@ PATTERNS = {
     "CB": ([B, "?", P, MASK, ".", A], ("Yes", "No", "Maybe")),
     "BoolQ": ([A, ". Question:", B, "?", P, "Answer:", MASK, "."], ("No", "Yes")),
     "COPA": (['"', "{c1}", '" or "', "{c2}", '"?', A, P, MASK, "."], None),  # answers: the choices' texts
+    # WiC: {w} the word of sentence 1; WSC: a yes/no question on the candidate referent {n} of the pronoun {pr};
+    # MultiRC: one question per answer option {ans} of question {q}
+    "WiC": ([A, B, "Does", "{w}", "have the same meaning in both sentences?", P, MASK], ("No", "Yes")),
+    "WSC": ([A, P, "Does the pronoun", "{pr}", "refer to", "{n}", "?", MASK, "."], ("No", "Yes")),
+    "MultiRC": ([A, ". Question:", "{q}", "? Is it", "{ans}", "?", P, MASK, "."], ("No", "Yes")),
 }
+
+
+def pattern_fields(inst) -> dict[str, str]:
+    """The texts an instance puts into its task's pattern (COPA: ClozeEncoder._copa)."""
+    if inst.task == "WiC":
+        word = inst.spans[0]
+        return {A: inst.text_a, B: inst.text_b, "{w}": inst.text_a[word.start:word.end]}
+    if inst.task == "WSC":
+        noun, pronoun = (inst.text_a[s.start:s.end] for s in inst.spans)
+        return {A: inst.text_a, "{n}": noun, "{pr}": pronoun}
+    if inst.task == "MultiRC":  # text_b is "question answer"; option carries the answer (multirc_instances)
+        return {A: inst.text_a, "{q}": inst.text_b[:len(inst.text_b) - len(inst.option)].rstrip(),
+                "{ans}": inst.option}
+    return {A: inst.text_a, B: inst.text_b or ""}
+
+
+def multirc_instances(examples) -> list:
+    """MultiRC's instances (superglue.formats) with each answer option's text in ``option``, so that the pattern
+    can put the question and the answer apart."""
+    answers = [a.text for ex in examples for q in ex.questions for a in q.answers]
+    return [replace(inst, option=text) for inst, text in zip(build_instances("MultiRC", examples), answers)]
 @dataclass(frozen=True)
 class ClozeSequence:
     tokens: tuple[int, ...]
@@ -128,7 +154,7 @@ class ClozeEncoder:
             return self._copa(instances)
         out = []
         for i, inst in enumerate(instances):
-            fields = {A: inst.text_a, B: inst.text_b or ""}
+            fields = pattern_fields(inst)
             label = -1 if inst.label is None else inst.label
             if self.single_token:
                 seqs = (self.sequence(fields, None),)
@@ -239,7 +265,7 @@ def cloze_style(requested: str, model_cfg) -> str:
 
 def build_cloze_model(run, splits, model_cfg, tokenizer, tc) -> ClozeModel:
     """The cloze model of the run (seeded weights; the checkpoint is loaded on top by the caller). COPA's splits
-    are re-read in the connective layout the pattern needs."""
+    are re-read in the connective layout the pattern needs, MultiRC's with the answer texts apart."""
     t, o, cz, p = run.task, run.optim, run.cloze, run.prompt
     if run.sift.sift or p.prompt_tuning:
         raise VegaInputError("--format", "cloze does not combine with --sift or --prompt-tuning (use "
@@ -251,6 +277,8 @@ def build_cloze_model(run, splits, model_cfg, tokenizer, tc) -> ClozeModel:
     for split in splits:
         if split is not None and split.task == "COPA":
             split.instances = build_instances("COPA", split.examples, copa_style="connective")
+        if split is not None and split.task == "MultiRC":
+            split.instances = multirc_instances(split.examples)
     [encoder] = build_model(model_cfg, tc, heads=(MLM_HEAD,))
     init_weights([encoder], o.seed)
     prompt_encoder = None

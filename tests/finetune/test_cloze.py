@@ -145,3 +145,40 @@ def test_prompt_encoder_gets_its_own_learning_rate(single_process):
     assert set(rates) == {"prompt", "backbone"}
     # one schedule (same fraction of the peak after 5 steps), two peaks: 1e-3 for the prompt, 1e-5 for the rest
     assert rates["prompt"] == rates["backbone"] and len(rates["prompt"]) == 1 and 0 < min(rates["prompt"]) <= 1
+
+
+def _contains(tokens, part) -> bool:
+    return any(list(tokens[i:i + len(part)]) == part for i in range(len(tokens) - len(part) + 1))
+
+
+@pytest.mark.parametrize("task", ["WiC", "WSC", "MultiRC"])
+def test_wic_wsc_multirc_patterns_on_real_records(task, shared_data):
+    """The fields land where the pattern puts them: the word (WiC), the pronoun and the candidate (WSC), the
+    question and the answer apart (MultiRC); the blank comes last before the final ".", labels are the data's."""
+    from megatron_vega.finetune.cloze import multirc_instances
+    from megatron_vega.superglue.formats import build_instances
+    from megatron_vega.superglue.readers import read_examples
+    examples = read_examples(task, shared_data / "superglue" / "full" / task / "val.jsonl")[:3]
+    instances = multirc_instances(examples) if task == "MultiRC" else build_instances(task, examples)
+    tok = WordTokenizer()
+    cloze = ClozeEncoder(task, tok, 512, "glm", IDS, prompt_length=2)
+    samples = cloze.samples(instances)
+    assert len(samples) == len(instances) and cloze.single_token
+    for inst, sample in zip(instances, samples):
+        [seq] = sample.sequences
+        assert sample.labels == (inst.label,)
+        tokens, blank = list(seq.tokens), seq.pos1[-1]
+        assert tokens[blank] == tok.mask_id and seq.tokens[-1] == IDS.sop and sum(1 for s in seq.slots if s) == 2
+        if task == "WiC":
+            word = inst.text_a[inst.spans[0].start:inst.spans[0].end]
+            assert _contains(tokens, tok.encode(f"Does {word} have the same meaning"))
+            assert tokens[blank + 1] == tok.sep_id  # "... in both sentences? [P] [MASK]"
+        elif task == "WSC":
+            noun, pronoun = (inst.text_a[s.start:s.end] for s in inst.spans)
+            assert _contains(tokens, tok.encode(f"Does the pronoun {pronoun} refer to {noun} ?"))
+            assert tokens[blank + 1:blank + 3] == tok.encode(".") + [tok.sep_id]
+        else:
+            question = inst.text_b[:len(inst.text_b) - len(inst.option)].rstrip()
+            assert inst.text_b == f"{question} {inst.option}"
+            assert _contains(tokens, tok.encode(f"{question} ? Is it {inst.option} ?"))
+            assert tokens[blank + 1:blank + 3] == tok.encode(".") + [tok.sep_id]
