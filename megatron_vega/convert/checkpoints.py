@@ -239,7 +239,9 @@ def _verify_rank(load, out, iteration, diffs):
     with torch.no_grad():
         ours = model(ids * mask, AttentionInputs(mask, block_position_ids=block_ids))
         ours = (ours[..., :cfg.vocab_size] if with_head else ours).transpose(0, 1)
-        result = hf(input_ids=ids * mask, attention_mask=mask)
+        # explicit position ids: in a process that built megatron models, transformers may leave DebertaV2's
+        # non-persistent position_ids buffer uninitialised (a GLM export reads absolute positions)
+        result = hf(input_ids=ids * mask, attention_mask=mask, position_ids=torch.arange(48).expand(2, -1))
         theirs = result.logits if with_head else result.last_hidden_state * mask[..., None]
         ours = ours if with_head else ours * mask[..., None]  # padded queries see nothing: compare real tokens
     diffs.append((ours - theirs).abs().max().item())
