@@ -46,6 +46,8 @@ PATTERNS = {
     "WiC": ([A, B, "Does", "{w}", "have the same meaning in both sentences?", P, MASK], ("No", "Yes")),
     "WSC": ([A, P, "Does the pronoun", "{pr}", "refer to", "{n}", "?", MASK, "."], ("No", "Yes")),
     "MultiRC": ([A, ". Question:", "{q}", "? Is it", "{ans}", "?", P, MASK, "."], ("No", "Yes")),
+    # ReCoRD: the query with its @placeholder as the blank; answers: the passage's candidate entities
+    "ReCoRD": ([A, P, "{before}", MASK, "{after}"], None),
 }
 
 
@@ -152,6 +154,8 @@ class ClozeEncoder:
     def samples(self, instances) -> list[ClozeSample]:
         if self.task == "COPA":
             return self._copa(instances)
+        if self.task == "ReCoRD":
+            return self._record(instances)
         out = []
         for i, inst in enumerate(instances):
             fields = pattern_fields(inst)
@@ -174,6 +178,26 @@ class ClozeEncoder:
             labels = [inst.label for inst in pair]
             label = labels.index(1) if 1 in labels else -1
             out.append(ClozeSample(tuple(self.sequence(fields, a) for a in answers), (label,), ((first, 0),)))
+        return out
+
+
+    def _record(self, instances) -> list[ClozeSample]:
+        """One sample per query (its instances are adjacent, one per candidate entity): every candidate scored by
+        Σ log p of its tokens at the blank; the label is the first right candidate (-100, ignored by the loss, when
+        none is or the data has no labels)."""
+        out, first = [], 0
+        while first < len(instances):
+            last = first
+            while last < len(instances) and instances[last].group == instances[first].group:
+                last += 1
+            group = instances[first:last]
+            before, _, after = group[0].text_b.partition("@placeholder")
+            fields = {A: group[0].text_a, "{before}": before.strip(), "{after}": after.strip()}
+            labels = [inst.label for inst in group]
+            answers = [self.words(inst.option) for inst in group]
+            out.append(ClozeSample(tuple(self.sequence(fields, a) for a in answers),
+                                   (labels.index(1) if 1 in labels else -100,), ((first, 0),)))
+            first = last
         return out
 
 
@@ -252,7 +276,11 @@ class ClozeModel(MegatronModule):
         log_probs = -vocab_parallel_cross_entropy(logits.clone(), batch["read_targets"])
         classes = int(batch["read_classes"].max()) + 1
         scores = log_probs.new_zeros(rows, classes)
-        return scores.index_put((batch["read_rows"], batch["read_classes"]), log_probs, accumulate=True)
+        scores = scores.index_put((batch["read_rows"], batch["read_classes"]), log_probs, accumulate=True)
+        # a row with fewer answers than the batch's widest (ReCoRD's candidates): its missing ones never win
+        present = torch.zeros_like(scores, dtype=torch.bool).index_put((batch["read_rows"], batch["read_classes"]),
+                                                                       torch.tensor(True, device=scores.device))
+        return scores.masked_fill(~present, -1e4)
 
 
 def cloze_style(requested: str, model_cfg) -> str:

@@ -35,6 +35,10 @@ class WordTokenizer(SyntheticVocab):
 
 
 def _instances(task):
+    if task == "ReCoRD":  # two queries, with three and two candidates
+        return [Instance("ReCoRD", q, "the man walks in the park", f"the @placeholder walks {q}", int(c == 0),
+                         group=q, option=name) for q, names in ((0, ("man", "park", "big dog")), (1, ("park", "man")))
+                for c, name in enumerate(names)]
     if task == "COPA":
         return [Instance("COPA", 0, "The man fell because", "He slipped.", 1, group=0, option=0),
                 Instance("COPA", 0, "The man fell because", "He sang a song.", 0, group=0, option=1)]
@@ -89,7 +93,7 @@ def _scores(tp: int):
                             heads=(MLM_HEAD,))
     init_weights([encoder], seed=4)
     out = []
-    for task, style, prompt in (("RTE", "glm", 0), ("CB", "glm", 2), ("COPA", "pet", 2)):
+    for task, style, prompt in (("RTE", "glm", 0), ("CB", "glm", 2), ("COPA", "pet", 2), ("ReCoRD", "glm", 0)):
         cloze = ClozeEncoder(task, WordTokenizer(), 64, style, IDS, prompt_length=prompt)
         prompt_encoder = None
         if prompt:
@@ -100,7 +104,11 @@ def _scores(tp: int):
         with torch.no_grad():
             scores = model(batch)
             if prompt_encoder is None:  # the naive reference has no prompt hook
-                assert torch.allclose(scores, _naive_scores(model, batch, cloze), atol=1e-5), task
+                naive = _naive_scores(model, batch, cloze)
+                if task == "ReCoRD":  # the second query has no third candidate
+                    assert scores[1, 2] == -1e4
+                    naive[1, 2] = -1e4
+                assert torch.allclose(scores, naive, atol=1e-5), task
         out.append(scores)
     parallel_state.destroy_model_parallel()
     return out
@@ -182,3 +190,28 @@ def test_wic_wsc_multirc_patterns_on_real_records(task, shared_data):
             assert inst.text_b == f"{question} {inst.option}"
             assert _contains(tokens, tok.encode(f"{question} ? Is it {inst.option} ?"))
             assert tokens[blank + 1:blank + 3] == tok.encode(".") + [tok.sep_id]
+
+
+def test_record_pattern_scores_every_candidate(shared_data):
+    """ReCoRD: one sample per query, one Part B per candidate entity (its tokens + [eop] as targets), the query's
+    @placeholder as the blank, the label the right candidate; a batch of queries with different candidate counts
+    gives the missing ones -1e4 (tested in test_cloze_scores_match_a_naive_reference_and_tp2_equals_tp1)."""
+    from megatron_vega.superglue.formats import build_instances
+    from megatron_vega.superglue.readers import read_examples
+    [example] = read_examples("ReCoRD", shared_data / "superglue" / "dev32" / "ReCoRD" / "dev32.jsonl")[:1]
+    instances = build_instances("ReCoRD", [example])
+    tok = WordTokenizer()
+    samples = ClozeEncoder("ReCoRD", tok, 512, "glm", IDS, prompt_length=0).samples(instances)
+    assert len(samples) == len(example.queries)
+    first = 0
+    for query, sample in zip(example.queries, samples):
+        group = [inst for inst in instances if inst.group == query.idx]
+        assert sample.rows == ((first, 0),) and len(sample.sequences) == len(group)
+        assert group[sample.labels[0]].option in query.answers
+        before, _, after = query.query.partition("@placeholder")
+        for inst, seq in zip(group, sample.sequences):
+            blank = seq.pos1[-1]
+            assert seq.targets == tuple(tok.encode(inst.option)) + (IDS.eop,)
+            assert list(seq.tokens[blank + 1:blank + 1 + len(tok.encode(after))]) == tok.encode(after)
+            assert list(seq.tokens[blank - len(tok.encode(before)):blank]) == tok.encode(before)
+        first += len(group)

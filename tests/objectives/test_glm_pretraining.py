@@ -1,7 +1,7 @@
 """Issue 20, check 3, through pretrain_vega.py --objective glm, one set of launches (8 steps, dropout off, 1e-5
 relative): TP=2 with sequence parallelism, and PP=2 x DP=2 with ZeRO-1 (--use-distributed-optimizer), both from
 scratch, train as TP=1; the PP=2 x DP=2 checkpoint of step 4, resumed by a fresh TP=1 process (resharded, the
-sharded optimizer state gathered), goes on exactly as the uninterrupted TP=1 run. TP=1's checkpoint exports to
+ZeRO-1 optimizer state too), goes on exactly as the uninterrupted TP=1 run. TP=1's checkpoint exports to
 Hugging Face (DebertaV2ForMaskedLM, no missing or unexpected keys, MLM logits on Part-A-only inputs within 1e-4;
 the special tokens in the tokenizer, the position-2 table beside)."""
 import json
@@ -52,7 +52,7 @@ def test_glm_tp2_pp2_dp2_zero1_equal_tp1_resume_exactly_and_export(tmp_path, sha
     pp2_dp2 = launch_ok(SCRIPT, *FLAGS, "--pipeline-model-parallel-size", 2, "--use-distributed-optimizer",
                         "--save-interval", 4, "--save", tmp_path / "pp2dp2", nproc=4)
     pp2_dp2_log = training_log(pp2_dp2.stdout)
-    resumed = launch_ok(SCRIPT, *FLAGS, "--load", tmp_path / "pp2dp2", "--ckpt-step", 4)
+    resumed = launch_ok(SCRIPT, *FLAGS, "--use-distributed-optimizer", "--load", tmp_path / "pp2dp2", "--ckpt-step", 4)
     assert "at iteration 4" in resumed.stdout
     resumed_log = training_log(resumed.stdout)
     assert sorted(resumed_log) == [5, 6, 7, 8]
