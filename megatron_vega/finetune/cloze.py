@@ -284,7 +284,7 @@ class ClozeModel(MegatronModule):
 
 
 def cloze_style(requested: str, model_cfg) -> str:
-    glm_pretrained = model_cfg.block_position_embeddings > 0
+    glm_pretrained = model_cfg.block_position_embeddings > 0 or model_cfg.block_positions_relative
     if requested == "glm" and not glm_pretrained:
         raise VegaInputError("--cloze-style", "glm needs a GLM-pretrained checkpoint (pretrain_vega.py --objective "
                                               "glm); use pet")
