@@ -215,3 +215,17 @@ def test_record_pattern_scores_every_candidate(shared_data):
             assert list(seq.tokens[blank + 1:blank + 1 + len(tok.encode(after))]) == tok.encode(after)
             assert list(seq.tokens[blank - len(tok.encode(before)):blank]) == tok.encode(before)
         first += len(group)
+
+
+def test_record_predictions_pick_the_best_candidate_of_each_query():
+    """The choice path reads a query's row of candidate scores, padding columns left out."""
+    import numpy as np
+
+    from megatron_vega.finetune.features import instance_scores
+    from megatron_vega.superglue.formats import predictions_from_scores
+    instances = _instances("ReCoRD")
+    samples = ClozeEncoder("ReCoRD", WordTokenizer(), 64, "glm", IDS, prompt_length=0).samples(instances)
+    logits = [np.array([[-5.0, -1.0, -3.0]]), np.array([[-2.0, -4.0, -1e4]])]
+    scores, confidence = instance_scores("ReCoRD", instances, samples, logits, "choice")
+    assert predictions_from_scores("ReCoRD", instances, scores) == {0: "park", 1: "park"}
+    assert set(confidence) == {0, 1} and confidence[1] > 0.8
