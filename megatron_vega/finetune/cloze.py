@@ -8,8 +8,8 @@ with one blank, and the encoder's own language-model head scores the answers the
   [MASK]s and Σ log p(ai) at the i-th one (multi-token answers).
 * Single-token answers give class logits = the verbalizer columns of the vocab-parallel logits (no softmax over
   the vocabulary); multi-token answers give class scores = the summed log-probabilities. Either way the loss is
-  cross-entropy over the classes (COPA: over its two answers). A task whose verbalizer words are not all single
-  tokens of the tokenizer is scored the multi-token way.
+  cross-entropy over the classes (COPA: over its two answers; ReCoRD: over its candidate entities). A task whose
+  verbalizer words are not all single tokens of the tokenizer is scored the multi-token way.
 * P-tuning (``--prompt-encoder lstm`` or ``mlp``): each [P] of the pattern becomes ``--cloze-prompt-length``
   positions whose input vectors are the prompt encoder's outputs (placed through the embedding hook), trained
   with their own learning rate ``--cloze-prompt-lr`` beside the backbone's ``--lr``. Without it [P] is dropped.
