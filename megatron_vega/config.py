@@ -47,6 +47,9 @@ class ModelConfig:
     pad_token_id: int = option(0, "Padding token id (HF pad_token_id).")
     block_position_embeddings: int = option(0, "Rows of GLM's intra-span position table, added to the word "
                                                "embeddings (0: none; --objective glm sets it; docs/glm_and_cloze.md).")
+    block_positions_relative: bool = option(False, "GLM's position 2 as the relative position inside a span (two "
+                                                   "tokens of one Part-B span: pos2_i - pos2_j; --objective glm "
+                                                   "--glm-block-positions relative sets it; docs/glm_and_cloze.md).")
     # A run setting: which kernel computes attention, not what the weights compute. Checked here (not by argparse
     # choices) so that a wrong name is a one-line error like a core that cannot run this device.
     attention_backend: str = option("auto", "Attention core, chosen once when the model is built: auto (the fastest "

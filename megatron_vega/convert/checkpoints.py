@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from megatron_vega.config import ModelConfig, ParallelConfig, inherited
-from megatron_vega.convert import finetuned
+from megatron_vega.convert import finetuned, glm_export
 from megatron_vega.convert.hf_mapping import (
     MLM_HEAD_KEYS,
     canonical_hf_names,
@@ -131,16 +131,30 @@ def _to_hf_rank(load: str, out: str, iteration: int | None, tokenizer_model: str
 
     from megatron_vega.model.weights import gather_full_state_dict
     from megatron_vega.training.checkpointing import load as load_checkpoint
+    from megatron_vega.training.checkpointing import read_extra
     cfg = model_config_of(load, iteration)
     with_head = has_mlm_head(load, iteration)
     chunks = _build(cfg, with_mlm_head=with_head)
     load_checkpoint(load, chunks, None, None, with_optimizer=False, with_rng=False, iteration=iteration)
-    state = to_hf(gather_full_state_dict(chunks), cfg)
+    full = gather_full_state_dict(chunks)
+    glm = glm_export.is_glm_checkpoint(read_extra(load, iteration))
+    full, glm_extras = glm_export.split_glm_state(full, cfg) if glm else (full, {})
+    table = glm_extras.pop("table", None)
+    state = {**to_hf(full, cfg), **glm_extras}
     if not with_head:  # DebertaV2Model: the base model's names, without the "deberta." prefix
         state = {k.removeprefix("deberta."): v for k, v in state.items()}
     if dist.get_rank() == 0:
-        write_hf_dir(out, hf_config_dict(cfg, "DebertaV2ForMaskedLM" if with_head else "DebertaV2Model"), state,
-                     tokenizer_model)
+        config = hf_config_dict(cfg, "DebertaV2ForMaskedLM" if with_head else "DebertaV2Model")
+        files = {}
+        if glm:
+            config = glm_export.glm_hf_config(config, cfg, table is not None)
+            if tokenizer_model:
+                files = glm_export.glm_tokenizer_files(hf_tokenizer_files(tokenizer_model, cfg.max_position_embeddings),
+                                                       cfg.vocab_size)
+            if table is not None:
+                files[glm_export.BLOCK_POSITIONS_FILE] = ({glm_export.TABLE: table},
+                                                          {"what": "GLM position-2 table (docs/glm_and_cloze.md)"})
+        write_hf_dir(out, config, state, tokenizer_model, files)
 
 
 def checkpoint_kind(load: str, iteration: int | None = None) -> dict | None:
@@ -167,10 +181,11 @@ def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model
     task's class for a fine-tuning one. The tokenizer defaults to the one the checkpoint records. Returns a line
     saying what was written."""
     refuse_existing(out)
-    if model_config_of(load, iteration).block_position_embeddings:  # fails early on an incomplete checkpoint too
-        raise VegaInputError(load, "a GLM model (its position-2 table, docs/glm_and_cloze.md) has no Hugging Face "
-                                   "DebertaV2 equivalent yet")
+    glm_table = model_config_of(load, iteration).block_position_embeddings  # fails early on a broken checkpoint
     meta = checkpoint_kind(load, iteration)
+    if glm_table and meta is not None:
+        raise VegaInputError(load, "a fine-tuned GLM model (its position-2 table) exports as pretraining checkpoints "
+                                   "only (docs/glm_and_cloze.md)")
     if tokenizer_model and not Path(tokenizer_model).is_file():
         raise VegaInputError(tokenizer_model, "tokenizer model not found")
     tokenizer_model = tokenizer_model or recorded_tokenizer(load, iteration)
@@ -178,6 +193,9 @@ def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model
         run_distributed(1, _to_hf_rank, load, out, iteration, tokenizer_model)
         if not has_mlm_head(load, iteration):
             return f"wrote {out}: DebertaV2Model (the encoder; the checkpoint has no MLM head)"
+        if glm_table:
+            return (f"wrote {out}: DebertaV2ForMaskedLM (GLM: Part A's position-2 row as its absolute position input; "
+                    f"the whole position-2 table in {glm_export.BLOCK_POSITIONS_FILE})")
         return f"wrote {out}: DebertaV2ForMaskedLM"
     task = finetuned.check_finetune_checkpoint(load, meta)
     run_distributed(1, finetuned.export_rank, load, meta, out, tokenizer_model)
@@ -216,10 +234,14 @@ def _verify_rank(load, out, iteration, diffs):
     mask = torch.ones_like(ids)
     mask[1, 30:] = 0
     model.eval()
+    # a GLM model reads Part A with position 2 = 0 (the row its export folds into the absolute position input)
+    block_ids = torch.zeros_like(ids) if cfg.block_position_embeddings else None
     with torch.no_grad():
-        ours = model(ids * mask, AttentionInputs(mask))
+        ours = model(ids * mask, AttentionInputs(mask, block_position_ids=block_ids))
         ours = (ours[..., :cfg.vocab_size] if with_head else ours).transpose(0, 1)
-        result = hf(input_ids=ids * mask, attention_mask=mask)
+        # explicit position ids: in a process that built megatron models, transformers may leave DebertaV2's
+        # non-persistent position_ids buffer uninitialised (a GLM export reads absolute positions)
+        result = hf(input_ids=ids * mask, attention_mask=mask, position_ids=torch.arange(48).expand(2, -1))
         theirs = result.logits if with_head else result.last_hidden_state * mask[..., None]
         ours = ours if with_head else ours * mask[..., None]  # padded queries see nothing: compare real tokens
     diffs.append((ours - theirs).abs().max().item())

@@ -8,13 +8,13 @@ with one blank, and the encoder's own language-model head scores the answers the
   [MASK]s and Σ log p(ai) at the i-th one (multi-token answers).
 * Single-token answers give class logits = the verbalizer columns of the vocab-parallel logits (no softmax over
   the vocabulary); multi-token answers give class scores = the summed log-probabilities. Either way the loss is
-  cross-entropy over the classes (COPA: over its two answers). A task whose verbalizer words are not all single
-  tokens of the tokenizer is scored the multi-token way.
+  cross-entropy over the classes (COPA: over its two answers; ReCoRD: over its candidate entities). A task whose
+  verbalizer words are not all single tokens of the tokenizer is scored the multi-token way.
 * P-tuning (``--prompt-encoder lstm`` or ``mlp``): each [P] of the pattern becomes ``--cloze-prompt-length``
   positions whose input vectors are the prompt encoder's outputs (placed through the embedding hook), trained
   with their own learning rate ``--cloze-prompt-lr`` beside the backbone's ``--lr``. Without it [P] is dropped.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from megatron.core import parallel_state
@@ -41,7 +41,35 @@ PATTERNS = {
     "CB": ([B, "?", P, MASK, ".", A], ("Yes", "No", "Maybe")),
     "BoolQ": ([A, ". Question:", B, "?", P, "Answer:", MASK, "."], ("No", "Yes")),
     "COPA": (['"', "{c1}", '" or "', "{c2}", '"?', A, P, MASK, "."], None),  # answers: the choices' texts
+    # WiC: {w} the word of sentence 1; WSC: a yes/no question on the candidate referent {n} of the pronoun {pr};
+    # MultiRC: one question per answer option {ans} of question {q}
+    "WiC": ([A, B, "Does", "{w}", "have the same meaning in both sentences?", P, MASK], ("No", "Yes")),
+    "WSC": ([A, P, "Does the pronoun", "{pr}", "refer to", "{n}", "?", MASK, "."], ("No", "Yes")),
+    "MultiRC": ([A, ". Question:", "{q}", "? Is it", "{ans}", "?", P, MASK, "."], ("No", "Yes")),
+    # ReCoRD: the query with its @placeholder as the blank; answers: the passage's candidate entities
+    "ReCoRD": ([A, P, "{before}", MASK, "{after}"], None),
 }
+
+
+def pattern_fields(inst) -> dict[str, str]:
+    """The texts an instance puts into its task's pattern (COPA: ClozeEncoder._copa)."""
+    if inst.task == "WiC":
+        word = inst.spans[0]
+        return {A: inst.text_a, B: inst.text_b, "{w}": inst.text_a[word.start:word.end]}
+    if inst.task == "WSC":
+        noun, pronoun = (inst.text_a[s.start:s.end] for s in inst.spans)
+        return {A: inst.text_a, "{n}": noun, "{pr}": pronoun}
+    if inst.task == "MultiRC":  # text_b is "question answer"; option carries the answer (multirc_instances)
+        return {A: inst.text_a, "{q}": inst.text_b[:len(inst.text_b) - len(inst.option)].rstrip(),
+                "{ans}": inst.option}
+    return {A: inst.text_a, B: inst.text_b or ""}
+
+
+def multirc_instances(examples) -> list:
+    """MultiRC's instances (superglue.formats) with each answer option's text in ``option``, so that the pattern
+    can put the question and the answer apart."""
+    answers = [a.text for ex in examples for q in ex.questions for a in q.answers]
+    return [replace(inst, option=text) for inst, text in zip(build_instances("MultiRC", examples), answers)]
 @dataclass(frozen=True)
 class ClozeSequence:
     tokens: tuple[int, ...]
@@ -126,9 +154,11 @@ class ClozeEncoder:
     def samples(self, instances) -> list[ClozeSample]:
         if self.task == "COPA":
             return self._copa(instances)
+        if self.task == "ReCoRD":
+            return self._record(instances)
         out = []
         for i, inst in enumerate(instances):
-            fields = {A: inst.text_a, B: inst.text_b or ""}
+            fields = pattern_fields(inst)
             label = -1 if inst.label is None else inst.label
             if self.single_token:
                 seqs = (self.sequence(fields, None),)
@@ -148,6 +178,26 @@ class ClozeEncoder:
             labels = [inst.label for inst in pair]
             label = labels.index(1) if 1 in labels else -1
             out.append(ClozeSample(tuple(self.sequence(fields, a) for a in answers), (label,), ((first, 0),)))
+        return out
+
+
+    def _record(self, instances) -> list[ClozeSample]:
+        """One sample per query (its instances are adjacent, one per candidate entity): every candidate scored by
+        Σ log p of its tokens at the blank; the label is the first right candidate (-100, ignored by the loss, when
+        none is or the data has no labels)."""
+        out, first = [], 0
+        while first < len(instances):
+            last = first
+            while last < len(instances) and instances[last].group == instances[first].group:
+                last += 1
+            group = instances[first:last]
+            before, _, after = group[0].text_b.partition("@placeholder")
+            fields = {A: group[0].text_a, "{before}": before.strip(), "{after}": after.strip()}
+            labels = [inst.label for inst in group]
+            answers = [self.words(inst.option) for inst in group]
+            out.append(ClozeSample(tuple(self.sequence(fields, a) for a in answers),
+                                   (labels.index(1) if 1 in labels else -100,), ((first, 0),)))
+            first = last
         return out
 
 
@@ -226,11 +276,15 @@ class ClozeModel(MegatronModule):
         log_probs = -vocab_parallel_cross_entropy(logits.clone(), batch["read_targets"])
         classes = int(batch["read_classes"].max()) + 1
         scores = log_probs.new_zeros(rows, classes)
-        return scores.index_put((batch["read_rows"], batch["read_classes"]), log_probs, accumulate=True)
+        scores = scores.index_put((batch["read_rows"], batch["read_classes"]), log_probs, accumulate=True)
+        # a row with fewer answers than the batch's widest (ReCoRD's candidates): its missing ones never win
+        present = torch.zeros_like(scores, dtype=torch.bool).index_put((batch["read_rows"], batch["read_classes"]),
+                                                                       torch.tensor(True, device=scores.device))
+        return scores.masked_fill(~present, -1e4)
 
 
 def cloze_style(requested: str, model_cfg) -> str:
-    glm_pretrained = model_cfg.block_position_embeddings > 0
+    glm_pretrained = model_cfg.block_position_embeddings > 0 or model_cfg.block_positions_relative
     if requested == "glm" and not glm_pretrained:
         raise VegaInputError("--cloze-style", "glm needs a GLM-pretrained checkpoint (pretrain_vega.py --objective "
                                               "glm); use pet")
@@ -239,7 +293,7 @@ def cloze_style(requested: str, model_cfg) -> str:
 
 def build_cloze_model(run, splits, model_cfg, tokenizer, tc) -> ClozeModel:
     """The cloze model of the run (seeded weights; the checkpoint is loaded on top by the caller). COPA's splits
-    are re-read in the connective layout the pattern needs."""
+    are re-read in the connective layout the pattern needs, MultiRC's with the answer texts apart."""
     t, o, cz, p = run.task, run.optim, run.cloze, run.prompt
     if run.sift.sift or p.prompt_tuning:
         raise VegaInputError("--format", "cloze does not combine with --sift or --prompt-tuning (use "
@@ -251,6 +305,8 @@ def build_cloze_model(run, splits, model_cfg, tokenizer, tc) -> ClozeModel:
     for split in splits:
         if split is not None and split.task == "COPA":
             split.instances = build_instances("COPA", split.examples, copa_style="connective")
+        if split is not None and split.task == "MultiRC":
+            split.instances = multirc_instances(split.examples)
     [encoder] = build_model(model_cfg, tc, heads=(MLM_HEAD,))
     init_weights([encoder], o.seed)
     prompt_encoder = None

@@ -185,13 +185,13 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def instance_scores(task: str, instances: Sequence[Instance], samples: Sequence[Sample],
-                    logits: Sequence[np.ndarray]) -> tuple[np.ndarray, dict]:
+                    logits: Sequence[np.ndarray], kind: str | None = None) -> tuple[np.ndarray, dict]:
     """Per-instance class scores for ``formats.predictions_from_scores``, and the model's confidence in each
     prediction (by prediction key: instance key, COPA/ReCoRD group) for transductive filtering.
 
     COPA: option k scores (0, z_k). ReCoRD: a mention's log-sigmoid averaged over the windows holding it, a
     candidate's score the best of its mentions (DeBERTa's inference), as (0, score)."""
-    kind = sample_kind(task)
+    kind = kind or sample_kind(task)  # cloze scores ReCoRD's candidates as choices
     if kind == "classify":
         scores = np.stack([z[0] for z in logits])
         return scores, {inst.key: float(p.max()) for inst, p in zip(instances, _softmax(scores))}
@@ -200,8 +200,9 @@ def instance_scores(task: str, instances: Sequence[Instance], samples: Sequence[
     if kind == "choice":
         for sample, z in zip(samples, logits):
             first = sample.rows[0][0]
-            scores[first:first + len(z[0]), 1] = z[0]
-            confidence[instances[first].group] = float(_softmax(z[0]).max())
+            options = sum(1 for inst in instances[first:first + len(z[0])] if inst.group == instances[first].group)
+            scores[first:first + options, 1] = z[0][:options]  # a row may be wider than its group (padding)
+            confidence[instances[first].group] = float(_softmax(z[0][:options]).max())
         return scores, confidence
     per_mention: dict[tuple[int, int], list[float]] = {}
     for sample, z in zip(samples, logits):

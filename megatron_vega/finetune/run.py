@@ -119,7 +119,9 @@ class Run:
     def predict(self, split) -> tuple[dict, dict]:
         """Predictions {key: label value} of the current weights, and their confidences."""
         samples = self._samples(split)
-        scores, confidence = instance_scores(split.task, split.instances, samples, self.tuner.predict(samples))
+        choices = self.run.task.format == "cloze" and split.task == "ReCoRD"  # one row of candidate scores
+        scores, confidence = instance_scores(split.task, split.instances, samples, self.tuner.predict(samples),
+                                             "choice" if choices else None)
         return predictions_from_scores(split.task, split.instances, scores), confidence
 
     def evaluate_dev(self) -> tuple[float, dict]:

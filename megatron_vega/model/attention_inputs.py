@@ -103,10 +103,19 @@ class AttentionInputs:
         bias = (1.0 - pair.to(dtype)) * torch.finfo(dtype).min
         return F.pad(bias, (self.prefix_length, 0)) if self.prefix is not None else bias
 
-    def relative_index(self, buckets: int, max_position: int, span: int) -> torch.Tensor:
+    def relative_index(self, buckets: int, max_position: int, span: int, block_relative: bool = False
+                       ) -> torch.Tensor:
         """The relative-table row of every (query, key): the cached shared [s, s] index without position_ids, else
-        [b, s, s] bucketed per sample."""
+        [b, s, s] bucketed per sample. With ``block_relative`` (GLM's position 2 as a relative term), two tokens of
+        one Part-B span (both with block position > 0 and the same position) take pos2_i - pos2_j instead."""
         if self.position_ids is None:
             return relative_index(self.padding_mask.shape[1], buckets, max_position, span,
                                   str(self.padding_mask.device))
-        return relative_index_per_sample(self.position_ids.long(), buckets, max_position, span)
+        index = relative_index_per_sample(self.position_ids.long(), buckets, max_position, span)
+        if not block_relative or self.block_position_ids is None:
+            return index
+        pos1, pos2 = self.position_ids.long(), self.block_position_ids.long()
+        in_span = pos2 > 0
+        same_span = (in_span[:, :, None] & in_span[:, None, :]) & (pos1[:, :, None] == pos1[:, None, :])
+        inside = relative_index_per_sample(pos2, buckets, max_position, span)
+        return torch.where(same_span, inside, index)

@@ -165,7 +165,8 @@ class VegaModel(MegatronModule):
     def encode(self, hidden, attention: AttentionInputs, input_mask):
         """The layers of this chunk on [s(/tp), b, H]; the attention tensors are expanded once, for all of them."""
         cfg = self.cfg
-        rel_index = attention.relative_index(cfg.position_buckets, cfg.max_relative, cfg.attention_span)
+        rel_index = attention.relative_index(cfg.position_buckets, cfg.max_relative, cfg.attention_span,
+                                             cfg.block_positions_relative)
         mask_bias = attention.mask_bias(hidden.dtype)
         prefix = attention.prefix
         rel = self.rel_embeddings.weight

@@ -38,8 +38,10 @@ class GLMSettings(ObjectiveSettings):
     glm_text_share: float = option(0.88, "Share of --seq-length given to the original text; the rest holds "
                                          "Part B's extra positions (two per span).")
     glm_block_positions: str = option("embedding", "Position 2 (the place inside a span): an embedding row added "
-                                                   "to the word vectors, or none (relative positions of position 1 "
-                                                   "only).", choices=["embedding", "none"])
+                                                   "to the word vectors, relative (pos2_i - pos2_j between two "
+                                                   "tokens of one span, in place of their position-1 distance 0), "
+                                                   "or none (relative positions of position 1 only).",
+                                      choices=["embedding", "relative", "none"])
 
     def spans(self) -> SpanSettings:
         return SpanSettings(self.glm_mask_ratio, self.glm_span_lambda, self.glm_max_span, self.glm_token_prob,
@@ -68,6 +70,7 @@ class BlankInfilling(Objective):
         # The model gets the position-2 table here, so the run config every checkpoint saves describes it.
         if self.cfg.glm_block_positions == "embedding" and run.model.block_position_embeddings == 0:
             run.model.block_position_embeddings = run.model.max_position_embeddings + 1
+        run.model.block_positions_relative = self.cfg.glm_block_positions == "relative"
 
     def heads(self):
         return (MLM_HEAD,)
@@ -94,7 +97,7 @@ class BlankInfilling(Objective):
     def host_batch(self, dataset, indices) -> dict[str, torch.Tensor]:
         """The micro-batch's GLM arrays plus ``lm_positions`` (flat, sequence-major indices of Part B)."""
         arrays = collate([dataset[int(i)] for i in indices])
-        keys = [k for k in BATCH_KEYS if k != "block_position_ids" or self.cfg.glm_block_positions == "embedding"]
+        keys = [k for k in BATCH_KEYS if k != "block_position_ids" or self.cfg.glm_block_positions != "none"]
         batch = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])).long() for k in keys}
         batch["lm_positions"] = torch.from_numpy(np.flatnonzero(arrays["loss_mask"].T.reshape(-1) > 0)).long()
         return batch

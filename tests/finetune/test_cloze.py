@@ -35,6 +35,10 @@ class WordTokenizer(SyntheticVocab):
 
 
 def _instances(task):
+    if task == "ReCoRD":  # two queries, with three and two candidates
+        return [Instance("ReCoRD", q, "the man walks in the park", f"the @placeholder walks {q}", int(c == 0),
+                         group=q, option=name) for q, names in ((0, ("man", "park", "big dog")), (1, ("park", "man")))
+                for c, name in enumerate(names)]
     if task == "COPA":
         return [Instance("COPA", 0, "The man fell because", "He slipped.", 1, group=0, option=0),
                 Instance("COPA", 0, "The man fell because", "He sang a song.", 0, group=0, option=1)]
@@ -89,7 +93,7 @@ def _scores(tp: int):
                             heads=(MLM_HEAD,))
     init_weights([encoder], seed=4)
     out = []
-    for task, style, prompt in (("RTE", "glm", 0), ("CB", "glm", 2), ("COPA", "pet", 2)):
+    for task, style, prompt in (("RTE", "glm", 0), ("CB", "glm", 2), ("COPA", "pet", 2), ("ReCoRD", "glm", 0)):
         cloze = ClozeEncoder(task, WordTokenizer(), 64, style, IDS, prompt_length=prompt)
         prompt_encoder = None
         if prompt:
@@ -100,7 +104,11 @@ def _scores(tp: int):
         with torch.no_grad():
             scores = model(batch)
             if prompt_encoder is None:  # the naive reference has no prompt hook
-                assert torch.allclose(scores, _naive_scores(model, batch, cloze), atol=1e-5), task
+                naive = _naive_scores(model, batch, cloze)
+                if task == "ReCoRD":  # the second query has no third candidate
+                    assert scores[1, 2] == -1e4
+                    naive[1, 2] = -1e4
+                assert torch.allclose(scores, naive, atol=1e-5), task
         out.append(scores)
     parallel_state.destroy_model_parallel()
     return out
@@ -145,3 +153,79 @@ def test_prompt_encoder_gets_its_own_learning_rate(single_process):
     assert set(rates) == {"prompt", "backbone"}
     # one schedule (same fraction of the peak after 5 steps), two peaks: 1e-3 for the prompt, 1e-5 for the rest
     assert rates["prompt"] == rates["backbone"] and len(rates["prompt"]) == 1 and 0 < min(rates["prompt"]) <= 1
+
+
+def _contains(tokens, part) -> bool:
+    return any(list(tokens[i:i + len(part)]) == part for i in range(len(tokens) - len(part) + 1))
+
+
+@pytest.mark.parametrize("task", ["WiC", "WSC", "MultiRC"])
+def test_wic_wsc_multirc_patterns_on_real_records(task, shared_data):
+    """The fields land where the pattern puts them: the word (WiC), the pronoun and the candidate (WSC), the
+    question and the answer apart (MultiRC); the blank comes last before the final ".", labels are the data's."""
+    from megatron_vega.finetune.cloze import multirc_instances
+    from megatron_vega.superglue.formats import build_instances
+    from megatron_vega.superglue.readers import read_examples
+    examples = read_examples(task, shared_data / "superglue" / "full" / task / "val.jsonl")[:3]
+    instances = multirc_instances(examples) if task == "MultiRC" else build_instances(task, examples)
+    tok = WordTokenizer()
+    cloze = ClozeEncoder(task, tok, 512, "glm", IDS, prompt_length=2)
+    samples = cloze.samples(instances)
+    assert len(samples) == len(instances) and cloze.single_token
+    for inst, sample in zip(instances, samples):
+        [seq] = sample.sequences
+        assert sample.labels == (inst.label,)
+        tokens, blank = list(seq.tokens), seq.pos1[-1]
+        assert tokens[blank] == tok.mask_id and seq.tokens[-1] == IDS.sop and sum(1 for s in seq.slots if s) == 2
+        if task == "WiC":
+            word = inst.text_a[inst.spans[0].start:inst.spans[0].end]
+            assert _contains(tokens, tok.encode(f"Does {word} have the same meaning"))
+            assert tokens[blank + 1] == tok.sep_id  # "... in both sentences? [P] [MASK]"
+        elif task == "WSC":
+            noun, pronoun = (inst.text_a[s.start:s.end] for s in inst.spans)
+            assert _contains(tokens, tok.encode(f"Does the pronoun {pronoun} refer to {noun} ?"))
+            assert tokens[blank + 1:blank + 3] == tok.encode(".") + [tok.sep_id]
+        else:
+            question = inst.text_b[:len(inst.text_b) - len(inst.option)].rstrip()
+            assert inst.text_b == f"{question} {inst.option}"
+            assert _contains(tokens, tok.encode(f"{question} ? Is it {inst.option} ?"))
+            assert tokens[blank + 1:blank + 3] == tok.encode(".") + [tok.sep_id]
+
+
+def test_record_pattern_scores_every_candidate(shared_data):
+    """ReCoRD: one sample per query, one Part B per candidate entity (its tokens + [eop] as targets), the query's
+    @placeholder as the blank, the label the right candidate; a batch of queries with different candidate counts
+    gives the missing ones -1e4 (tested in test_cloze_scores_match_a_naive_reference_and_tp2_equals_tp1)."""
+    from megatron_vega.superglue.formats import build_instances
+    from megatron_vega.superglue.readers import read_examples
+    [example] = read_examples("ReCoRD", shared_data / "superglue" / "dev32" / "ReCoRD" / "dev32.jsonl")[:1]
+    instances = build_instances("ReCoRD", [example])
+    tok = WordTokenizer()
+    samples = ClozeEncoder("ReCoRD", tok, 512, "glm", IDS, prompt_length=0).samples(instances)
+    assert len(samples) == len(example.queries)
+    first = 0
+    for query, sample in zip(example.queries, samples):
+        group = [inst for inst in instances if inst.group == query.idx]
+        assert sample.rows == ((first, 0),) and len(sample.sequences) == len(group)
+        assert group[sample.labels[0]].option in query.answers
+        before, _, after = query.query.partition("@placeholder")
+        for inst, seq in zip(group, sample.sequences):
+            blank = seq.pos1[-1]
+            assert seq.targets == tuple(tok.encode(inst.option)) + (IDS.eop,)
+            assert list(seq.tokens[blank + 1:blank + 1 + len(tok.encode(after))]) == tok.encode(after)
+            assert list(seq.tokens[blank - len(tok.encode(before)):blank]) == tok.encode(before)
+        first += len(group)
+
+
+def test_record_predictions_pick_the_best_candidate_of_each_query():
+    """The choice path reads a query's row of candidate scores, padding columns left out."""
+    import numpy as np
+
+    from megatron_vega.finetune.features import instance_scores
+    from megatron_vega.superglue.formats import predictions_from_scores
+    instances = _instances("ReCoRD")
+    samples = ClozeEncoder("ReCoRD", WordTokenizer(), 64, "glm", IDS, prompt_length=0).samples(instances)
+    logits = [np.array([[-5.0, -1.0, -3.0]]), np.array([[-2.0, -4.0, -1e4]])]
+    scores, confidence = instance_scores("ReCoRD", instances, samples, logits, "choice")
+    assert predictions_from_scores("ReCoRD", instances, scores) == {0: "park", 1: "park"}
+    assert set(confidence) == {0, 1} and confidence[1] > 0.8
