@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_vega.data import text_input
 from megatron_vega.errors import VegaInputError
 from megatron_vega.unimc.layout import capped_lengths
 
@@ -65,13 +66,12 @@ def split_sentences(text: str) -> list[str]:
 
 def text_documents(path: str, encode, json_keys: tuple[str, ...] = ("text",)) -> list[list[list[int]]]:
     """Plain text (a document per paragraph) or JSONL (a document per line), as the data tools read them."""
-    from megatron_vega.data.text_input import (check_input_file, decode_document, is_jsonl, iter_raw_chunks,
-                                               split_documents)
-    check_input_file(path)
+    text_input.check_input_file(path)
     docs = []
-    for first_line, chunk in iter_raw_chunks(path):
-        for line_no, raw in split_documents(first_line, chunk, is_jsonl(path)):
-            docs.append([encode(s) for s in split_sentences(decode_document(path, line_no, raw, json_keys))])
+    for first_line, chunk in text_input.iter_raw_chunks(path):
+        for line_no, raw in text_input.split_documents(first_line, chunk, text_input.is_jsonl(path)):
+            text = text_input.decode_document(path, line_no, raw, json_keys)
+            docs.append([encode(s) for s in split_sentences(text)])
     return docs
 
 
