@@ -9,30 +9,16 @@ Prints the pseudo-label distributions, the held-out dev accuracy before and duri
 best-dev prompt as a prompt file (prompt/store.py's format, empty head) that finetune_superglue.py
 --prompt-tuning --init-prompt FILE and tools/prompt_transferability.py read.
 """
-import argparse
 import sys
-from pathlib import Path
 
-from megatron_vega.cli import add_dataclass_flags, apply_flags
 from megatron_vega.config import world_size
-from megatron_vega.errors import VegaInputError, exit_on_input_error
-from megatron_vega.ppt.config import PretrainPromptConfig
-
-
-def parse(argv) -> PretrainPromptConfig:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_flags(parser, PretrainPromptConfig, title="PPT prompt pre-training")
-    cfg = apply_flags(PretrainPromptConfig(), parser.parse_args(argv))
-    cfg.validate()
-    if cfg.save and Path(cfg.save).exists() and not cfg.overwrite and not cfg.dry_run:
-        raise VegaInputError(cfg.save, "exists; pass --overwrite to replace it")
-    return cfg
+from megatron_vega.errors import exit_on_input_error
+from megatron_vega.ppt.config import parse_args
 
 
 def main(argv=None) -> int:
     with exit_on_input_error():
-        cfg = parse(sys.argv[1:] if argv is None else argv)
+        cfg = parse_args(sys.argv[1:] if argv is None else argv, __doc__)
         if cfg.dry_run:
             from megatron_vega.ppt.train import dry_run
             dry_run(cfg, world_size())

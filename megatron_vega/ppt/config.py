@@ -1,9 +1,11 @@
 """``tools/pretrain_prompt.py`` settings (docs/unimc_and_ppt.md, "PPT"): Megatron-style flags generated from this
 dataclass. The prompt fields carry the names of ``prompt.config.PromptConfig``'s, so ``prompt.store`` builds and
 saves the prompt from either."""
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
-from megatron_vega.cli import option
+from megatron_vega.cli import add_dataclass_flags, apply_flags, option
 from megatron_vega.config import PRESETS
 from megatron_vega.errors import VegaInputError
 from megatron_vega.ppt.data import TASKS
@@ -91,3 +93,15 @@ class PretrainPromptConfig:
                 raise VegaInputError("--" + name.replace("_", "-"), f"must be >= 1, got {getattr(self, name)}")
         if self.prompt_init == "text" and not self.prompt_init_text:
             raise VegaInputError("--prompt-init", "text needs --prompt-init-text")
+
+
+def parse_args(argv, description: str = "") -> PretrainPromptConfig:
+    """The checked configuration of ``argv``; an existing --save file is refused before anything is read."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_flags(parser, PretrainPromptConfig, title="PPT prompt pre-training")
+    cfg = apply_flags(PretrainPromptConfig(), parser.parse_args(argv))
+    cfg.validate()
+    if cfg.save and Path(cfg.save).exists() and not cfg.overwrite and not cfg.dry_run:
+        raise VegaInputError(cfg.save, "exists; pass --overwrite to replace it")
+    return cfg

@@ -5,7 +5,8 @@ Every rank builds the same examples from the same seed. A step takes ``global_ba
 order; data-parallel rank r takes its micro-batches from its own slice. The prompt is replicated: its gradient is
 already complete on every tensor-parallel rank (``prompt/prompt.py``) and is averaged over the data-parallel group
 here, so every rank takes the same optimizer step. Dev accuracy is measured on held-out documents every
-``--eval-interval`` steps; the best-dev prompt is written at the end as a prompt file with an empty head.
+``--eval-interval`` steps; the best-dev prompt (accuracy, then loss) is written at the end as a prompt file with an
+empty head.
 """
 import json
 import time
@@ -191,11 +192,11 @@ class PromptPretrainer:
             losses.append(self.step([self.train[i] for i in order[cursor:cursor + self.global_batch]]))
             cursor += self.global_batch
             if it % cfg.log_interval == 0:
-                print_rank0(f"iteration {it}/{cfg.train_iters}: loss {np.mean(losses[-cfg.log_interval:]):.5f}")
+                print_rank0(f"iteration {it}/{cfg.train_iters}: loss {np.mean(losses[-cfg.log_interval:]):.6f}")
             if it % cfg.eval_interval == 0 or it == cfg.train_iters:
                 metrics = self.evaluate()
                 print_rank0(f"iteration {it}: dev {json.dumps(metrics)}")
-                if metrics["accuracy"] > best["accuracy"]:
+                if (metrics["accuracy"], -metrics["loss"]) > (best["accuracy"], -best["loss"]):  # ties: lower loss
                     best, best_state, best_iter = metrics, self._state(), it
         self.prompt.load_state_dict(best_state)
         meta = {"task": f"PPT-{cfg.ppt_task}", "dev": best, "panda": None, "transferred_from": None,
@@ -203,7 +204,7 @@ class PromptPretrainer:
                         "label_ids": list(self.vocab.label_ids), "seed": cfg.seed,
                         "data": cfg.data_path or cfg.text, "backbone": cfg.load or cfg.model_preset}}
         save_prompt_file(cfg.save, self.prompt, torch.nn.Module(), self.model_cfg, meta, cfg.overwrite)
-        summary = {"ppt_task": cfg.ppt_task, "train_losses": [round(x, 5) for x in losses], "dev_initial": initial,
+        summary = {"ppt_task": cfg.ppt_task, "train_losses": losses, "dev_initial": initial,
                    "dev_best": best, "best_iteration": best_iter, "majority": majority, "saved": cfg.save,
                    "seconds": round(time.perf_counter() - start, 1)}
         print_rank0(json.dumps({k: v for k, v in summary.items() if k != "train_losses"}))
