@@ -30,7 +30,7 @@ from megatron.core import parallel_state
 from megatron_vega import runtime
 
 # Rows of the token chunk: about CHUNK_ELEMENTS logits per chunk (256 MiB in fp32; the student's and the reference's
-# exist at once, plus one temporary of that size): 523 tokens at V = 128100.
+# buffers exist at once): 523 tokens at V = 128100.
 CHUNK_ELEMENTS = 1 << 26
 VOCAB_CHUNK = 8192  # rows of a low-precision weight cast to fp32 at a time where such GEMMs are emulated
 _STATS = ("m_z", "s_z", "m_y", "s_y", "a", "z_t", "u")
@@ -44,28 +44,32 @@ class FusedCrossEntropy(NamedTuple):
 
 def _torch_chunk_stats(z, y, local_t):
     """Per-row statistics of one [rows, cols] chunk (fp32): (m_z, s_z, m_y, s_y, a, z_t, u); local_t: the target's
-    column in this chunk or −1."""
+    column in this chunk or −1. Turns z and y in place into exp(z − m_z) and exp(y − m_y) (these local maxima), which
+    _torch_chunk_grad reads: a few passes over the chunk and no temporary of its size (on CPU it is memory-bound)."""
     rows = torch.arange(z.size(0), device=z.device)
-    in_chunk = local_t >= 0
-    z_t = torch.where(in_chunk, z[rows, local_t.clamp(min=0)], 0.0)
+    z_t = torch.where(local_t >= 0, z[rows, local_t.clamp(min=0)], 0.0)
     m_z = z.amax(-1)
-    s_z = torch.exp(z - m_z[:, None]).sum(-1)
+    zero = torch.zeros_like(m_z)
     if y is None:
-        zero = torch.zeros_like(m_z)
-        return m_z, s_z, zero, zero, zero, z_t, z.sum(-1)
-    m_y = y.amax(-1)
-    ey = torch.exp(y - m_y[:, None])
-    return m_z, s_z, m_y, ey.sum(-1), (ey * z).sum(-1), z_t, torch.zeros_like(m_z)
+        u, m_y, s_y, a = z.sum(-1), zero, zero, zero
+    else:
+        m_y = y.amax(-1)
+        y.sub_(m_y[:, None]).exp_()
+        u, s_y = zero, y.sum(-1)
+        a = torch.bmm(y.unsqueeze(1), z.unsqueeze(2)).view(-1)  # Σ exp(y − m_y)·z, row by row
+    z.sub_(m_z[:, None]).exp_()
+    return m_z, z.sum(-1), m_y, s_y, a, z_t, u
 
 
-def _torch_chunk_grad(z, y, local_t, stats, g, alpha: float, vocab_size: int):
-    """z becomes g·(softmax(z) − ỹ) in place; stats: the global (m_z, s_z, m_y, s_y) of these rows."""
+def _torch_chunk_grad(z, y, local_t, stats, local_stats, g, alpha: float, vocab_size: int):
+    """z (exp(z − m_z) of the local maxima, from _torch_chunk_stats) becomes g·(softmax(z) − ỹ) in place; stats: the
+    global (m_z, s_z, m_y, s_y) of these rows, local_stats: this chunk's own, whose maxima z and y were shifted by."""
     m_z, s_z, m_y, s_y = stats
-    z.sub_(m_z[:, None]).exp_().mul_((g / s_z)[:, None])
+    z.mul_((g / s_z * torch.exp(local_stats[0] - m_z))[:, None])
     if y is None:
         z.sub_((alpha / vocab_size) * g[:, None])
     else:
-        z.sub_(torch.exp(y - m_y[:, None]).mul_((alpha * g / s_y)[:, None]))
+        z.addcmul_(y, (-alpha * g / s_y * torch.exp(local_stats[2] - m_y))[:, None])
     rows = torch.nonzero(local_t >= 0).squeeze(1)
     z[rows, local_t[rows]] -= (1.0 - alpha) * g[rows]
     return z
@@ -110,14 +114,20 @@ class _Gemms:
             c1 = min(self.weight.size(0), c0 + self.block)
             yield c0, c1, self.weight[c0:c1].float()
 
-    def logits(self, h):
-        """fp32 [rows, V'] = h Wᵀ + b."""
-        if self.native:
-            z = F.linear(h.to(self.weight.dtype), self.weight).float()
-        else:
-            h32, z = h.float(), h.new_empty(h.size(0), self.weight.size(0), dtype=torch.float32)
-            for c0, c1, w in self._blocks():
-                z[:, c0:c1] = h32 @ w.t()
+    def logits(self, h, buffer):
+        """fp32 [rows, V'] = h Wᵀ + b, in ``buffer[:rows]`` where the GEMM can write fp32 (a buffer reused from chunk
+        to chunk: on CPU a fresh allocation of that size costs page faults every time)."""
+        z = buffer[:h.size(0)]
+        if self.weight.dtype == torch.float32:
+            if self.bias is None:
+                return torch.mm(h.float(), self.weight.t(), out=z)
+            return torch.addmm(self.bias.float(), h.float(), self.weight.t(), out=z)
+        if self.native:  # low-precision GEMM, fp32 logits (as the MLM head's linear_in_fp32 and .float())
+            bias = None if self.bias is None else self.bias.to(self.weight.dtype)
+            return F.linear(h.to(self.weight.dtype), self.weight, bias).float()
+        h32 = h.float()
+        for c0, c1, w in self._blocks():
+            z[:, c0:c1] = h32 @ w.t()
         return z if self.bias is None else z.add_(self.bias.float())
 
     def accumulate(self, grad, h, d_hidden, d_weight, d_bias):
@@ -126,7 +136,10 @@ class _Gemms:
             d_bias += grad.sum(0)
         if self.native:
             g, h = grad.to(self.weight.dtype), h.to(self.weight.dtype)
-            d_hidden.copy_(g @ self.weight)
+            if d_hidden.dtype == g.dtype:
+                torch.mm(g, self.weight, out=d_hidden)
+            else:
+                d_hidden.copy_(g @ self.weight)
             if d_weight.dtype == g.dtype:
                 d_weight.addmm_(g.t(), h)
             else:
@@ -160,13 +173,15 @@ class _FusedLinearSoftTargetCE(torch.autograd.Function):
         d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
         d_bias = None if bias is None or not with_grad else torch.zeros(bias.shape, dtype=torch.float32,
                                                                          device=bias.device)
+        buffers = [torch.empty(min(n, token_chunk), real_local, device=hidden.device)
+                   for _ in range(1 if ref_hidden is None else 2)] if real_local else []
         for r0 in range(0, n, token_chunk):
             r1 = min(n, r0 + token_chunk)
             t = target[r0:r1] - vocab_start
             local_t = torch.where((t >= 0) & (t < real_local), t, -1)
             if real_local:
-                z = gemms.logits(hidden[r0:r1])
-                y = None if ref_hidden is None else gemms.logits(ref_hidden[r0:r1])
+                z = gemms.logits(hidden[r0:r1], buffers[0])
+                y = None if ref_hidden is None else gemms.logits(ref_hidden[r0:r1], buffers[1])
                 stats = chunk_stats(z, y, local_t)
             else:  # a rank whose shard is all padding: nothing seen
                 ninf, zero = torch.full((r1 - r0,), float("-inf"), device=hidden.device), t.new_zeros(r1 - r0).float()
@@ -182,11 +197,9 @@ class _FusedLinearSoftTargetCE(torch.autograd.Function):
             if not real_local:
                 d_hidden[r0:r1] = 0.0
                 continue
-            grad = chunk_grad(z, y, local_t, (m_z, s_z, m_y, s_y), w[r0:r1], alpha, vocab_size)
-            del y
+            grad = chunk_grad(z, y, local_t, (m_z, s_z, m_y, s_y), stats, w[r0:r1], alpha, vocab_size)
             gemms.accumulate(grad, hidden[r0:r1], d_hidden[r0:r1], d_weight[:real_local],
                              None if d_bias is None else d_bias[:real_local])
-            del z, grad
         if with_grad:
             # kept as attributes, not saved tensors: the backward scales them in place, once
             ctx.grads = [d_hidden.to(hidden.dtype), d_weight.to(weight.dtype),
