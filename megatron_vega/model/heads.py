@@ -18,6 +18,7 @@ the HF converter can map the sequence heads. Every head returns logits [rows, cl
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +53,26 @@ def sequence_gathered(hidden, sequence_parallel: bool):
     return tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
 
 
+class LMFeatures(NamedTuple):
+    """What the MLM head returns instead of logits when ``emit_features`` is set (a fused projection + loss takes
+    it: ops/fused_linear_cross_entropy.py): the transformed hidden states [n, H] as the output projection reads them
+    (through copy_to_tensor_model_parallel_region, whose backward all-reduces their gradient over TP), this rank's
+    vocabulary shard of the output weight and bias, and the real vocabulary size (ids from it on are padding)."""
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    vocab_size: int
+
+
 class MLMHead(torch.nn.Module):
-    """dense -> GELU -> LN -> logits against the (tied) vocab-parallel word embeddings + a vocab-parallel bias."""
+    """dense -> GELU -> LN -> logits against the (tied) vocab-parallel word embeddings + a vocab-parallel bias
+    (or, with ``emit_features``, the LMFeatures those logits come from)."""
 
     def __init__(self, cfg: ModelConfig, tp_size: int, sequence_parallel: bool = False):
         super().__init__()
         self.sequence_parallel = sequence_parallel
+        self.emit_features = False  # set by an objective whose loss projects the features itself
+        self.vocab_size = cfg.vocab_size
         self.dense = torch.nn.Linear(cfg.hidden_size, cfg.hidden_size)
         torch.nn.init.normal_(self.dense.weight, mean=0.0, std=cfg.init_method_std)
         torch.nn.init.zeros_(self.dense.bias)
@@ -72,6 +87,8 @@ class MLMHead(torch.nn.Module):
     def logits(self, hidden, output_weight):
         """hidden: [n, H] (replicated on TP ranks) -> fp32 logits over this rank's vocabulary shard [n, V/tp]."""
         h = self.layernorm(F.gelu(runtime.in_fp32(F.linear, hidden, self.dense.weight, self.dense.bias)))
+        if self.emit_features:
+            return LMFeatures(copy_to_tensor_model_parallel_region(h), output_weight, self.bias, self.vocab_size)
         logits = runtime.linear_in_fp32(copy_to_tensor_model_parallel_region(h), output_weight) + self.bias
         return logits.float() + self.vocab_pad
 
@@ -81,7 +98,8 @@ class MLMHead(torch.nn.Module):
         s, b, h = hidden.shape
         weight = model.shared_embedding_or_output_weight()
         if lm_positions is None:
-            return self.logits(hidden.reshape(s * b, h), weight).view(s, b, -1)
+            out = self.logits(hidden.reshape(s * b, h), weight)
+            return out if self.emit_features else out.view(s, b, -1)
         return self.logits(hidden.reshape(s * b, h).index_select(0, lm_positions), weight)
 
 

@@ -5,7 +5,9 @@ block.
 Each step first runs a forward-only pass of the pipeline over the original blocks (eval mode, no grad) and keeps
 the reference logits of the last stage, micro-batch by micro-batch; the training pass then pops them in the
 same order. The loss is the fused vocab-parallel soft-target cross-entropy: ỹ is never materialised and only
-max / sum-exp / scalar partials cross tensor-parallel ranks. Validation stays the MLM loss (random masking).
+max / sum-exp / scalar partials cross tensor-parallel ranks. Under ``--fused-loss`` (objectives/fused_loss.py) the
+reference pass keeps the head's features [n, H] instead of logits [n, V/tp] and the loss projects both chunk by
+chunk, so neither model's logits of all masked tokens exist. Validation stays the MLM loss (random masking).
 """
 from collections import deque
 from dataclasses import dataclass
@@ -16,17 +18,18 @@ from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_vega.cli import option
 from megatron_vega.errors import VegaInputError
+from megatron_vega.model.heads import LMFeatures
 from megatron_vega.objectives.base import model_output
+from megatron_vega.objectives.fused_loss import emit_features, fused_soft_target_loss
 from megatron_vega.objectives.losses import predicted_labels
-from megatron_vega.objectives.mlm import MaskedLM
+from megatron_vega.objectives.mlm import MaskedLM, MaskedLMConfig
 from megatron_vega.objectives.registry import register_objective
 from megatron_vega.ops.smoothed_cross_entropy import smoothed_vocab_parallel_cross_entropy
-from megatron_vega.training.arguments import ObjectiveSettings
 from megatron_vega.training.flops import train_flops_per_token
 
 
 @dataclass
-class SelfEvolutionConfig(ObjectiveSettings):
+class SelfEvolutionConfig(MaskedLMConfig):
     neglected_tokens: str | None = option(None, "Stage-1 index (tools/self_questioning.py --output) of the "
                                                 "positions to mask per block.")
     se_alpha: float = option(0.5, "α of ỹ = (1-α)·onehot + α·r (0.5: the Vega v2 report; 0.1: the SE4PLMs code).")
@@ -61,6 +64,8 @@ class SelfEvolution(MaskedLM):
     def attach(self, trainer) -> None:
         if self.cfg.se_reference == "frozen":
             self.reference_chunks = frozen_reference(trainer, self.run.checkpoint.load)
+            if self.uses_fused_loss():
+                emit_features(self.reference_chunks)
 
     def flops_per_token(self) -> float:
         """MLM's plus one no-grad reference forward (its head runs at the predicted positions only, as training's)."""
@@ -73,9 +78,11 @@ class SelfEvolution(MaskedLM):
         batch = next(data_iterator)
         return model_output(model, batch, tokens_key="labels"), self._keep_reference
 
-    def _keep_reference(self, logits):
-        self.references.append(logits.detach())
-        return logits.new_zeros(()), {}
+    def _keep_reference(self, output):
+        """Keeps the reference logits, or under --fused-loss the head's features."""
+        kept = output.hidden if isinstance(output, LMFeatures) else output
+        self.references.append(kept.detach())
+        return kept.new_zeros(()), {}
 
     def before_step(self, trainer, dataset) -> None:
         """Fill the queue of reference logits for this step's micro-batches (last pipeline stage)."""
@@ -99,9 +106,12 @@ class SelfEvolution(MaskedLM):
     def _loss(self, batch, logits):
         target = predicted_labels(batch)
         reference = None if self.cfg.se_uniform_smoothing else self.references.popleft()
+        count = target.numel() if self.cfg.se_normalization == "masked" else batch["padding_mask"].sum()
+        if isinstance(logits, LMFeatures):
+            loss, nll = fused_soft_target_loss(logits, reference, target, self.cfg.se_alpha, count)
+            return loss, {"lm loss": nll, "se loss": loss.detach().clone()}
         losses = smoothed_vocab_parallel_cross_entropy(logits, reference, target, self.cfg.se_alpha,
                                                        vocab_size=self.vocab_size)
-        count = losses.numel() if self.cfg.se_normalization == "masked" else batch["padding_mask"].sum()
         loss = losses.sum() / max(count, 1)
         with torch.no_grad():  # plain NLL of the gold token, for monitoring (comparable with MLM runs)
             nll = vocab_parallel_cross_entropy(logits.detach().clone(), target).mean()

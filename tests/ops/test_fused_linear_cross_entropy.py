@@ -1,4 +1,5 @@
-"""The fused projection + soft-target CE equals the head's projection followed by the logits op
+"""The fused projection + soft-target CE (weighted sum of per-token losses, gradients formed in the forward) equals
+the head's projection followed by the logits op
 (ops/smoothed_cross_entropy.py): losses and the gradients of the hidden states, output weight and bias, at TP=1
 and TP=2 (in the logits op's two-process launch), with padded vocabulary, ignored tokens, chunks that divide
 nothing."""
@@ -41,13 +42,18 @@ def compare(tp: int, rank: int, chunk_ops=None, dtype=torch.float32, atol=1e-5):
             h_in = copy_to_tensor_model_parallel_region(h)  # as the head: its backward all-reduces dH over TP
             ref = None if uniform else ref_hidden
             if fused:
-                loss = fused_linear_soft_target_cross_entropy(h_in, ref, w, b, target, alpha, VOCAB, token_chunk=5,
-                                                              vocab_chunk=7, chunk_ops=chunk_ops)
+                out = fused_linear_soft_target_cross_entropy(h_in, ref, w, b, target, alpha, VOCAB,
+                                                             token_weights=upstream, token_chunk=5, vocab_chunk=7,
+                                                             chunk_ops=chunk_ops)
+                loss, total = out.token_losses, out.loss
+                if alpha == 0.0:  # the plain NLL it reports is the α = 0 loss
+                    torch.testing.assert_close(out.token_nll, loss, rtol=0, atol=0)
             else:
                 z = F.linear(h_in.float(), w.float(), b.float()) + pad
                 y = None if ref is None else F.linear(ref.float(), w.float(), b.float()) + pad
                 loss = smoothed_vocab_parallel_cross_entropy(z, y, target, alpha, vocab_size=VOCAB)
-            results.append([loss, *torch.autograd.grad((loss * upstream).sum(), leaves)])
+                total = (loss * upstream).sum()
+            results.append([loss, *torch.autograd.grad(total, leaves)])
         for name, got, want in zip(("loss", "hidden", "weight", "bias"), results[1], results[0]):
             torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=atol, msg=f"{name} {alpha} {uniform}")
             worst = max(worst, (got.float() - want.float()).abs().max().item())
@@ -68,3 +74,19 @@ def test_bad_arguments(single_process):
 
 
 # TP=2: tests/ops/test_smoothed_cross_entropy.py's two-process launch also runs compare() (one launch for both ops)
+
+
+def test_bf16_weight_in_fp32_blocks_and_no_grad(single_process):
+    """A bf16 table (fp32 GEMMs on row blocks where bf16 is emulated), and a no-grad call (validation) that forms no
+    gradients but the same losses."""
+    compare(1, 0, dtype=torch.bfloat16, atol=2e-2)
+    hidden, ref_hidden, weight, bias, target, _ = inputs()
+    with_grad = fused_linear_soft_target_cross_entropy(hidden.requires_grad_(), ref_hidden, weight, bias, target,
+                                                       0.3, VOCAB)
+    with torch.no_grad():
+        without = fused_linear_soft_target_cross_entropy(hidden, ref_hidden, weight, bias, target, 0.3, VOCAB)
+    assert not without.loss.requires_grad
+    torch.testing.assert_close(without.token_losses, with_grad.token_losses, rtol=0, atol=0)
+    with_grad.loss.backward()
+    with pytest.raises(RuntimeError, match="already used"):
+        with_grad.loss.backward()

@@ -1,6 +1,7 @@
 """Self-evolution end to end on CPU: tiny MLM pretraining -> stage 1 -> stage 2 at TP=2 x PP=2 on text of the
 embedded corpus; stage-1 shards from DP=2 merge to the same index as one replica; the index holds no special token
-(``self_questioning.py show --json``); stage 2 masks exactly the mined positions."""
+(``self_questioning.py show --json``); stage 2 masks exactly the mined positions; stage 2 with --fused-loss on
+trains as with it off at TP=2 x PP=2 and at TP=1 (DP=2)."""
 import json
 from dataclasses import replace
 
@@ -35,21 +36,38 @@ def _mine(run, output):
     mine(run, MiningConfig(output=output, threshold=6.91, blocks_per_shard=8))
 
 
-def _tp2pp2_chain(rank, world, corpus, spm, root):
+def _stage2(corpus, spm, root, fused_loss, save=None, iters=3, **layout):
     from megatron_vega.objectives.arguments import objective_config
+    from megatron_vega.objectives.pretrain import pretrain
+    se = _run(corpus, spm, iters=iters, load=f"{root}/plm", save=save, **layout)
+    se = replace(se, checkpoint=replace(se.checkpoint, finetune=True),
+                 objective=objective_config("self-evolution", neglected_tokens=f"{root}/tp2pp2.nidx",
+                                            fused_loss=fused_loss))
+    return pretrain(se)
+
+
+def _assert_same_losses(fused, logits):
+    """--fused-loss on trains as off: the same losses, step by step (1e-5 relative)."""
+    assert [i for i, _ in fused] == [i for i, _ in logits]
+    np.testing.assert_allclose([loss for _, loss in fused], [loss for _, loss in logits], rtol=1e-5)
+
+
+def _tp2pp2_chain(rank, world, corpus, spm, root):
     from megatron_vega.objectives.pretrain import pretrain
     pretrain(_run(corpus, spm, tp=2, pp=2, iters=3, save=f"{root}/plm"))
     _mine(_run(corpus, spm, tp=2, pp=2, load=f"{root}/plm"), f"{root}/tp2pp2.nidx")
-    se = _run(corpus, spm, tp=2, pp=2, iters=3, load=f"{root}/plm", save=f"{root}/se")
-    se = replace(se, checkpoint=replace(se.checkpoint, finetune=True),
-                 objective=objective_config("self-evolution", neglected_tokens=f"{root}/tp2pp2.nidx"))
-    history = pretrain(se)
+    history = _stage2(corpus, spm, root, "off", save=f"{root}/se", tp=2, pp=2)
+    fused = _stage2(corpus, spm, root, "on", tp=2, pp=2)
     if rank == world - 1:
         assert len(history) == 3 and all(np.isfinite(loss) for _, loss in history), history
+        _assert_same_losses(fused, history)
 
 
 def _dp2_mining(rank, world, corpus, spm, root):
     _mine(_run(corpus, spm, load=f"{root}/plm"), f"{root}/dp2.nidx")
+    fused, logits = (_stage2(corpus, spm, root, mode) for mode in ("on", "off"))  # TP=1 (DP=2)
+    if rank == world - 1:
+        _assert_same_losses(fused, logits)
 
 
 @pytest.mark.slow

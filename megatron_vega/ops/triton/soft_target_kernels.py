@@ -1,7 +1,8 @@
 """Triton kernels of the fused projection + soft-target CE (ops/fused_linear_cross_entropy.py): the per-chunk
 elementwise work after the chunk's GEMMs, one pass over the chunk each (the torch path makes several). Same
 contracts as the torch functions there: ``chunk_stats`` returns the per-row statistics of a [rows, cols] fp32 chunk,
-``chunk_grad`` turns the student chunk into g·(softmax(z) − ỹ) in place. Imported lazily (TRITON_INTERPRET)."""
+``chunk_grad`` turns the student chunk into g·(softmax(z) − ỹ) in place (unlike the torch functions, the stats
+kernel leaves z and y unchanged). Imported lazily (TRITON_INTERPRET)."""
 import torch
 import triton
 import triton.language as tl
@@ -76,7 +77,8 @@ def chunk_stats(z, y, local_t):
     return tuple(out)
 
 
-def chunk_grad(z, y, local_t, stats, g, alpha: float, vocab_size: int):
+def chunk_grad(z, y, local_t, stats, local_stats, g, alpha: float, vocab_size: int):
+    """local_stats: unused here (the kernels keep z and y as they are; the torch functions shift them in place)."""
     rows, cols = z.shape
     m_z, s_z, m_y, s_y = (x.contiguous() for x in stats)
     _grad_kernel[(rows, triton.cdiv(cols, BLOCK))](

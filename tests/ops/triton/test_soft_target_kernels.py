@@ -21,14 +21,15 @@ def test_chunk_kernels_match_the_torch_functions():
     local_t = torch.tensor([0, cols - 1, -1, 700, 1100])
     g = torch.rand(rows, generator=gen)
     for ref in (y, None):
-        got, want = kernels.chunk_stats(z, ref, local_t), fused._torch_chunk_stats(z, ref, local_t)
+        z_torch, y_torch = z.clone(), None if ref is None else ref.clone()  # the torch functions work in place
+        got, want = kernels.chunk_stats(z, ref, local_t), fused._torch_chunk_stats(z_torch, y_torch, local_t)
         for name, a, b in zip(fused._STATS, got, want):
             if name in (("m_y", "s_y", "a") if ref is None else ("u",)):
                 continue  # unused in this mode
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5, msg=name)
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-4, msg=name)  # sums of 1324 signed terms
         stats = want[:4]
-        torch.testing.assert_close(kernels.chunk_grad(z.clone(), ref, local_t, stats, g, 0.3, 1000),
-                                   fused._torch_chunk_grad(z.clone(), ref, local_t, stats, g, 0.3, 1000),
+        torch.testing.assert_close(kernels.chunk_grad(z.clone(), ref, local_t, stats, got, g, 0.3, 1000),
+                                   fused._torch_chunk_grad(z_torch, y_torch, local_t, stats, want, g, 0.3, 1000),
                                    rtol=0, atol=1e-7)
 
 
