@@ -65,6 +65,11 @@ class Objective:
         chunks, ``built`` the models built before it (name -> unwrapped chunks). A module tying one model to
         another's parameters goes in here (COCO-LM's generator reading the encoder's word embeddings)."""
 
+    def fresh_if_missing(self, key: str, stored: set[str]) -> bool:
+        """Whether a weights-only ``--load`` may leave tensor ``key`` (a global name) at its initial value when the
+        checkpoint (holding the global names ``stored``) lacks it; default never (a mismatch is an error)."""
+        return False
+
     def attach(self, trainer) -> None:
         """Called once the trainer holds the models (and the loaded checkpoint)."""
 
