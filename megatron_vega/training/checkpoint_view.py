@@ -19,6 +19,8 @@ from dataclasses import replace
 
 import torch
 
+from megatron_vega.errors import VegaInputError
+
 MAIN_TABLE = "word_embeddings.weight"
 GENERATOR_TABLE = "generator.word_embeddings.weight"
 GDES_DELTA = "word_embeddings.delta.weight"
@@ -57,6 +59,10 @@ class CheckpointView:
             if sources is None:
                 if fresh is not None and fresh(entry.key, stored):
                     self.fresh.append(entry.key)
+                elif entry.key.startswith("lm_head.") and "clm_head.bias" in stored:
+                    raise VegaInputError("--load", "a coco-lm checkpoint trained with --clm-head projection has no "
+                                         "MLM head (lm_head.*), which this command needs; pretrain with --clm-head "
+                                         "mlm (fine-tuning reads the encoder only and loads either)")
                 else:
                     self.request[name] = entry  # check_tensor_shapes names it as missing
                 continue

@@ -24,7 +24,8 @@ def one_pass(sharing: str, main_table: torch.Tensor | None = None):
     run = RunConfig(model=model_preset("tiny", num_layers=2, hidden_dropout=0.0, attention_dropout=0.0),
                     train=TrainConfig(micro_batch_size=2, global_batch_size=4, train_iters=1, seed=5,
                                       exit_on_signal=False),
-                    logging=LoggingConfig(peak_tflops=1.0), data=DataConfig(mock_data=True, seq_length=32, mask_prob=0.3),
+                    logging=LoggingConfig(peak_tflops=1.0),
+                    data=DataConfig(mock_data=True, seq_length=32, mask_prob=0.3),
                     objective=CocoLMConfig(objective="coco-lm", embedding_sharing=sharing, generator_num_layers=1))
     objective = CocoLM(run)
     train_ds, _ = objective.datasets(vocabulary(run))
