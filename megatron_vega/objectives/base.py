@@ -56,6 +56,11 @@ class Objective:
         """The models to build, the main one first (named MAIN)."""
         return [ModelSpec(MAIN, self.run.model, self.heads())]
 
+    def further_models(self) -> list[tuple[str, ModelConfig, bool]]:
+        """The models after the main one as (name, config, whether it reads the main model's word table instead of
+        owning one), for --dry-run's parameter and memory lines."""
+        return [(spec.name, spec.config, False) for spec in self.models()[1:]]
+
     def heads(self) -> tuple[HeadSpec, ...]:
         """The main model's last-stage heads."""
         return ()

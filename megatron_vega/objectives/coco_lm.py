@@ -110,6 +110,9 @@ class CocoLM(Objective):
         return [ModelSpec(MAIN, self.run.model, self.heads()), ModelSpec(GENERATOR, self.generator_config(),
                                                                           (MLM_HEAD,))]
 
+    def further_models(self):
+        return [(GENERATOR, self.generator_config(), self.cfg.embedding_sharing == "plain")]
+
     def prepare_model(self, name, chunks, built):
         sharing = self.cfg.embedding_sharing
         for chunk in chunks:

@@ -69,3 +69,24 @@ def test_gdes_routes_gradients_like_separate_tables(single_process):
 ])
 def test_stored_sources(stored, key, sources):
     assert stored_sources(key, stored) == sources
+
+
+@pytest.mark.parametrize("sharing", ["plain", "gdes"])
+def test_dry_run_counts_the_generator(sharing, capsys):
+    """--dry-run's parameter and memory lines: the main model plus the generator (its word table only when it owns
+    one: not under plain sharing)."""
+    from dataclasses import replace
+
+    from megatron_vega.model.parameter_count import count_parameters
+    from megatron_vega.training.dry_run import dry_run
+    run = RunConfig(model=model_preset("base"), objective=CocoLMConfig(objective="coco-lm", embedding_sharing=sharing))
+    objective = CocoLM(run)
+    plan = dry_run(run, 8, objective.flops_per_token(), objective.further_models())
+    mlm = dry_run(replace(run, objective=CocoLMConfig()), 8)
+    generator = count_parameters(objective.generator_config())
+    table = run.model.vocab_size * run.model.hidden_size
+    assert plan["parameters"] == mlm["parameters"] + generator - (table if sharing == "plain" else 0)
+    assert "of which generator" in capsys.readouterr().out
+    for key in ("weights", "gradients", "optimizer"):
+        assert plan["memory_gib"][key] > mlm["memory_gib"][key]
+    assert plan["memory_gib"]["activations"] == mlm["memory_gib"]["activations"]  # one model's at a time
