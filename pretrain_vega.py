@@ -16,7 +16,8 @@ def main(argv=None) -> None:
         run.data.validate()
         if args.dry_run:
             from megatron_vega.training.dry_run import dry_run
-            dry_run(run, world_size(), build_objective(run).flops_per_token())
+            objective = build_objective(run)
+            dry_run(run, world_size(), objective.flops_per_token(), objective.further_models())
             return
         from megatron_vega.objectives.pretrain import pretrain
         pretrain(run)

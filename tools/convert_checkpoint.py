@@ -1,6 +1,6 @@
 """Checkpoint conversions.
 
-  to-hf    --load CKPT --out DIR [--iteration N] [--tokenizer-model spm.model] [--verify]
+  to-hf    --load CKPT --out DIR [--iteration N] [--tokenizer-model spm.model] [--verify] [--generator]
   from-hf  --hf-dir DIR --save CKPT [--task TASK] [--seed S] --tensor-model-parallel-size T
            --pipeline-model-parallel-size P
   reshard  --load CKPT --save OUT --tensor-model-parallel-size T --pipeline-model-parallel-size P
@@ -9,7 +9,8 @@ to-hf writes config.json, model.safetensors and the tokenizer so that transforme
 missing or unexpected keys: DebertaV2ForMaskedLM for a pretraining checkpoint; for a fine-tuning checkpoint
 (finetune_superglue.py --save) DebertaV2ForSequenceClassification (BoolQ, CB, RTE, MultiRC) or
 DebertaV2ForMultipleChoice (COPA) with the task's labels, or DebertaV2Model plus head.safetensors and a README
-(WiC, WSC, ReCoRD). from-hf reads what transformers writes (either MLM-head naming, DebertaV2Model, task classes).
+(WiC, WSC, ReCoRD); with --generator a COCO-LM checkpoint's auxiliary generator as its own DebertaV2ForMaskedLM
+(docs/coco_lm.md). from-hf reads what transformers writes (either MLM-head naming, DebertaV2Model, task classes).
 """
 import argparse
 
@@ -28,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
                        help="sentencepiece model to ship with the weights (default: the one the checkpoint records)")
     to_hf.add_argument("--verify", action="store_true",
                        help="run both models on the same inputs and print the largest logit difference")
+    to_hf.add_argument("--generator", action="store_true",
+                       help="export the auxiliary generator of a coco-lm checkpoint (DebertaV2ForMaskedLM) instead "
+                            "of the main encoder")
     for name, help_text in [("from-hf", "Hugging Face DebertaV2 -> dist checkpoint"),
                             ("reshard", "dist checkpoint -> dist checkpoint written by another TP x PP layout")]:
         s = sub.add_parser(name, allow_abbrev=False, help=help_text)
@@ -49,9 +53,9 @@ def main(argv=None) -> None:
     from megatron_vega.convert import checkpoints
     with exit_on_input_error():
         if args.command == "to-hf":
-            print(checkpoints.to_hf_dir(args.load, args.out, args.iteration, args.tokenizer_model))
+            print(checkpoints.to_hf_dir(args.load, args.out, args.iteration, args.tokenizer_model, args.generator))
             if args.verify:
-                print(checkpoints.verify_hf_dir(args.load, args.out, args.iteration))
+                print(checkpoints.verify_hf_dir(args.load, args.out, args.iteration, args.generator))
         elif args.command == "from-hf":
             for note in checkpoints.from_hf_dir(args.hf_dir, args.save, args.tensor_model_parallel_size,
                                                 args.pipeline_model_parallel_size, args.task, args.seed):

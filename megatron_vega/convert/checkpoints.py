@@ -65,13 +65,36 @@ def model_config_of(load: str, iteration: int | None = None) -> ModelConfig:
     return ModelConfig(**inherited(read_extra(load, iteration)["config"]["model"]))
 
 
-def _build(cfg: ModelConfig, tp: int = 1, pp: int = 1, with_mlm_head: bool = True):
+def _build(cfg: ModelConfig, tp: int = 1, pp: int = 1, with_mlm_head: bool = True, name: str = ""):
     from megatron_vega import runtime
     from megatron_vega.model.build import build_model, transformer_config
     from megatron_vega.model.heads import MLM_HEAD
     runtime.init_model_parallel(tp, pp)
     par = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
-    return build_model(cfg, transformer_config(cfg, par), heads=(MLM_HEAD,) if with_mlm_head else ())
+    return build_model(cfg, transformer_config(cfg, par), heads=(MLM_HEAD,) if with_mlm_head else (), name=name)
+
+
+GENERATOR = "generator"  # the name of COCO-LM's auxiliary generator in its checkpoints (docs/coco_lm.md)
+
+
+def generator_config_of(load: str, iteration: int | None = None) -> ModelConfig:
+    """The model config of the auxiliary generator a COCO-LM checkpoint holds (from its saved objective flags)."""
+    from megatron_vega.objectives.arguments import objective_for_checkpoint
+    from megatron_vega.training.arguments import RunConfig
+    from megatron_vega.training.checkpointing import read_extra
+    saved = read_extra(load, iteration)["config"].get("objective", {})
+    objective = objective_for_checkpoint(RunConfig(model=model_config_of(load, iteration)), saved)
+    if not hasattr(objective, "generator_config"):
+        raise VegaInputError("--generator", f"{load} was trained with --objective {saved.get('objective', 'mlm')}: "
+                                            "it holds no generator (coco-lm checkpoints do)")
+    return objective.generator_config()
+
+
+def exported_model(load: str, iteration: int | None, generator: bool) -> tuple[ModelConfig, str, bool]:
+    """(config, model name, with MLM head) of the model to-hf exports: the main encoder, or the generator."""
+    if generator:
+        return generator_config_of(load, iteration), GENERATOR, True
+    return model_config_of(load, iteration), "", has_mlm_head(load, iteration)
 
 
 def has_mlm_head(load: str, iteration: int | None = None) -> bool:
@@ -126,17 +149,18 @@ def write_hf_dir(out: str, config: dict, hf_state: dict, tokenizer_model: str | 
     os.replace(tmp, out)
 
 
-def _to_hf_rank(load: str, out: str, iteration: int | None, tokenizer_model: str | None) -> None:
+def _to_hf_rank(load: str, out: str, iteration: int | None, tokenizer_model: str | None,
+                generator: bool = False) -> None:
     import torch.distributed as dist
 
     from megatron_vega.model.weights import gather_full_state_dict
     from megatron_vega.training.checkpointing import load as load_checkpoint
     from megatron_vega.training.checkpointing import read_extra
-    cfg = model_config_of(load, iteration)
-    with_head = has_mlm_head(load, iteration)
-    chunks = _build(cfg, with_mlm_head=with_head)
+    cfg, name, with_head = exported_model(load, iteration, generator)
+    chunks = _build(cfg, with_mlm_head=with_head, name=name)
     load_checkpoint(load, chunks, None, None, with_optimizer=False, with_rng=False, iteration=iteration)
-    full = gather_full_state_dict(chunks)
+    prefix = f"{name}." if name else ""
+    full = {k.removeprefix(prefix): v for k, v in gather_full_state_dict(chunks).items()}
     glm = glm_export.is_glm_checkpoint(read_extra(load, iteration))
     full, glm_extras = glm_export.split_glm_state(full, cfg) if glm else (full, {})
     table = glm_extras.pop("table", None)
@@ -176,10 +200,12 @@ def recorded_tokenizer(load: str, iteration: int | None) -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model: str | None = None) -> str:
+def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model: str | None = None,
+              generator: bool = False) -> str:
     """A dist checkpoint of any layout -> an HF directory: DebertaV2ForMaskedLM for a pretraining checkpoint, the
-    task's class for a fine-tuning one. The tokenizer defaults to the one the checkpoint records. Returns a line
-    saying what was written."""
+    task's class for a fine-tuning one; with ``generator`` a COCO-LM checkpoint's generator as its own
+    DebertaV2ForMaskedLM. The tokenizer defaults to the one the checkpoint records. Returns a line saying what was
+    written."""
     refuse_existing(out)
     glm_table = model_config_of(load, iteration).block_position_embeddings  # fails early on a broken checkpoint
     meta = checkpoint_kind(load, iteration)
@@ -189,6 +215,13 @@ def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model
     if tokenizer_model and not Path(tokenizer_model).is_file():
         raise VegaInputError(tokenizer_model, "tokenizer model not found")
     tokenizer_model = tokenizer_model or recorded_tokenizer(load, iteration)
+    if generator:
+        if meta is not None:
+            raise VegaInputError("--generator", f"{load} is a fine-tuning checkpoint: it holds no generator")
+        cfg = generator_config_of(load, iteration)  # refuses a checkpoint without one, before any process starts
+        run_distributed(1, _to_hf_rank, load, out, iteration, tokenizer_model, True)
+        return (f"wrote {out}: DebertaV2ForMaskedLM (the COCO-LM generator: {cfg.num_layers} layers, hidden "
+                f"{cfg.hidden_size})")
     if meta is None:
         run_distributed(1, _to_hf_rank, load, out, iteration, tokenizer_model)
         if not has_mlm_head(load, iteration):
@@ -206,27 +239,26 @@ def to_hf_dir(load: str, out: str, iteration: int | None = None, tokenizer_model
     return f"wrote {out}: {arch} for {task}, labels {finetuned.label_texts(task)}"
 
 
-def verify_hf_dir(load: str, out: str, iteration: int | None = None) -> str:
+def verify_hf_dir(load: str, out: str, iteration: int | None = None, generator: bool = False) -> str:
     """A line with the largest difference between this framework and transformers on a padded random batch (fp32):
     MLM logits, task logits, or (span tasks) encoder states and head logits."""
     diffs = []
     meta = checkpoint_kind(load, iteration)
     if meta is None:
-        run_distributed(1, _verify_rank, load, out, iteration, diffs)
-        what = "MLM logit" if has_mlm_head(load, iteration) else "encoder state"
+        run_distributed(1, _verify_rank, load, out, iteration, diffs, generator)
+        what = "MLM logit" if generator or has_mlm_head(load, iteration) else "encoder state"
         return f"verify: largest |{what} difference| vs transformers = {diffs[0]:.3e}"
     run_distributed(1, finetuned.verify_rank, load, meta, out, diffs)
     return "verify: " + "; ".join(f"largest |{k} difference| vs transformers = {v:.3e}" for k, v in diffs[0].items())
 
 
-def _verify_rank(load, out, iteration, diffs):
+def _verify_rank(load, out, iteration, diffs, generator=False):
     from transformers import DebertaV2ForMaskedLM, DebertaV2Model
 
     from megatron_vega.model.attention_inputs import AttentionInputs
     from megatron_vega.training.checkpointing import load as load_checkpoint
-    cfg = model_config_of(load, iteration)
-    with_head = has_mlm_head(load, iteration)
-    [model] = _build(cfg, with_mlm_head=with_head)
+    cfg, name, with_head = exported_model(load, iteration, generator)
+    [model] = _build(cfg, with_mlm_head=with_head, name=name)
     load_checkpoint(load, [model], None, None, with_optimizer=False, with_rng=False, iteration=iteration)
     hf = (DebertaV2ForMaskedLM if with_head else DebertaV2Model).from_pretrained(out).eval()
     gen = torch.Generator().manual_seed(0)

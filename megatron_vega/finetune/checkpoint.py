@@ -8,13 +8,12 @@ are saved: the fine-tuned model is the best-dev one, not the last optimizer stat
 """
 from pathlib import Path
 
-import torch
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.utils import make_sharded_tensor_for_checkpoint
 
 from megatron_vega.errors import VegaInputError
 from megatron_vega.model.weights import parameters_by_global_name, sharded_state_dict
-from megatron_vega.training.checkpoint_args import check_tensor_shapes
+from megatron_vega.training.checkpoint_view import load_model_tensors
 from megatron_vega.training.checkpointing import checkpoint_path, publish
 
 
@@ -40,15 +39,9 @@ def load(root: str, model, with_head: bool, heads: dict | None = None) -> None:
     """Copy the checkpoint's encoder (and head) tensors into this rank's shards; ``heads`` as in ``_model_state``
     (default: the model's head under its own names when ``with_head``). Collective."""
     heads = heads if heads is not None else ({"": model.head} if with_head else {})
-    path, state = checkpoint_path(root), _model_state(model, heads)
-    check_tensor_shapes(path, state)  # a model that does not match: one line, not a traceback
-    loaded = dist_checkpointing.load({"model": state}, str(path))["model"]
     params = {**parameters_by_global_name([model.encoder]),
               **{prefix + name: [p] for prefix, head in heads.items() for name, p in head.named_parameters()}}
-    with torch.no_grad():
-        for key, tensor in loaded.items():
-            for p in params[key]:
-                p.copy_(tensor)
+    load_model_tensors(checkpoint_path(root), _model_state(model, heads), params)  # reads a gdes COCO-LM one too
 
 
 def save(root: str, iteration: int, model, extra: dict, heads: dict | None = None) -> Path:

@@ -56,6 +56,11 @@ class Objective:
         """The models to build, the main one first (named MAIN)."""
         return [ModelSpec(MAIN, self.run.model, self.heads())]
 
+    def further_models(self) -> list[tuple[str, ModelConfig, bool]]:
+        """The models after the main one as (name, config, whether it reads the main model's word table instead of
+        owning one), for --dry-run's parameter and memory lines."""
+        return [(spec.name, spec.config, False) for spec in self.models()[1:]]
+
     def heads(self) -> tuple[HeadSpec, ...]:
         """The main model's last-stage heads."""
         return ()
@@ -64,6 +69,11 @@ class Objective:
         """Called as model ``name`` is built, before it is wrapped for data parallelism: ``chunks`` its unwrapped
         chunks, ``built`` the models built before it (name -> unwrapped chunks). A module tying one model to
         another's parameters goes in here (COCO-LM's generator reading the encoder's word embeddings)."""
+
+    def fresh_if_missing(self, key: str, stored: set[str]) -> bool:
+        """Whether a weights-only ``--load`` may leave tensor ``key`` (a global name) at its initial value when the
+        checkpoint (holding the global names ``stored``) lacks it; default never (a mismatch is an error)."""
+        return False
 
     def attach(self, trainer) -> None:
         """Called once the trainer holds the models (and the loaded checkpoint)."""

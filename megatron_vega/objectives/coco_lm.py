@@ -11,7 +11,8 @@ One training step, per global batch:
    at the masked positions weighted by sg(1 − σ(copy logit)), SCL when ``--scl`` is on.
 The models' parameters are disjoint except the shared word table (``--embedding-sharing plain``, whose grads from
 step 1 land in the main model's buffer before its reduction), so the one optimizer step trains
-L = L_gen + λ_bin·L_copy + L_clm + λ_scl·L_scl exactly.
+L = L_gen + λ_bin·L_copy + L_clm + λ_scl·L_scl exactly. With ``--embedding-sharing gdes`` the main model reads
+sg(E_gen) + E_Δ: no gradient crosses between the models.
 
 Pipeline parallelism is refused: the replacements are drawn on the generator's last stage and would have to reach
 the main model's first stage.
@@ -30,7 +31,13 @@ from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.build import unwrap
 from megatron_vega.model.heads import MLM_HEAD
 from megatron_vega.objectives.base import MAIN, ModelSpec, Objective, model_output
-from megatron_vega.objectives.coco_lm_heads import CLM_HEAD, COPY_HEAD, SharedWordEmbeddings, scl_head
+from megatron_vega.objectives.coco_lm_heads import (
+    CLM_HEAD,
+    COPY_HEAD,
+    DisentangledWordEmbeddings,
+    SharedWordEmbeddings,
+    scl_head,
+)
 from megatron_vega.objectives.coco_lm_losses import (
     at_positions,
     copy_loss,
@@ -57,7 +64,9 @@ class CocoLMConfig(ObjectiveSettings):
     generator_num_attention_heads: int = option(0, "Generator attention heads (0: the main model's).")
     generator_ffn_hidden_size: int = option(0, "Generator FFN size (0: the main model's).")
     embedding_sharing: str = option("plain", "Word embeddings of generator and main model: 'plain' one shared "
-                                             "table (COCO-LM), 'none' a table each.", choices=["plain", "none"])
+                                             "table (COCO-LM), 'none' a table each, 'gdes' DeBERTa-v3's "
+                                             "gradient-disentangled sharing (main: sg(E_gen) + E_delta).",
+                                    choices=["plain", "none", "gdes"])
     copy_loss_weight: float = option(50.0, "λ_bin, the weight of the binary copy loss (COCO-LM: 50).")
     clm_head: str = option("projection", "Corrective LM head: 'projection' E·h + b (COCO-LM), 'mlm' the MLM head "
                                          "(dense, GELU, LayerNorm, E·h + b; self-evolution and to-hf read it).",
@@ -101,13 +110,30 @@ class CocoLM(Objective):
         return [ModelSpec(MAIN, self.run.model, self.heads()), ModelSpec(GENERATOR, self.generator_config(),
                                                                           (MLM_HEAD,))]
 
+    def further_models(self):
+        return [(GENERATOR, self.generator_config(), self.cfg.embedding_sharing == "plain")]
+
     def prepare_model(self, name, chunks, built):
-        if name != GENERATOR or self.cfg.embedding_sharing != "plain":
-            return
+        sharing = self.cfg.embedding_sharing
         for chunk in chunks:
-            if chunk.pre_process:
+            if not chunk.pre_process or sharing == "none":
+                continue
+            if name == MAIN and sharing == "gdes":  # the main model's own table becomes E_delta, zero at the start
+                torch.nn.init.zeros_(chunk.word_embeddings.weight)
+                chunk.word_embeddings = DisentangledWordEmbeddings(chunk.word_embeddings)
+            elif name == GENERATOR and sharing == "gdes":
+                built[MAIN][0].word_embeddings.set_source(chunk.word_embeddings)
+            elif name == GENERATOR:
                 del chunk.word_embeddings  # built and initialised, never used: the main model's table replaces it
                 chunk.word_embeddings = SharedWordEmbeddings(built[MAIN][0].word_embeddings)
+
+    def fresh_if_missing(self, key, stored):
+        """Starting from a checkpoint of another objective (an MLM one, or one imported from Hugging Face): the
+        COCO-LM heads, E_delta (zero) and a generator the checkpoint has none of start fresh; the generator's table
+        is then the main model's (training/checkpoint_view.py)."""
+        if key.startswith(GENERATOR + "."):
+            return not any(k.startswith(GENERATOR + ".") for k in stored)
+        return key.split(".")[0] in ("copy_head", "clm_head", "scl_head") or key == "word_embeddings.delta.weight"
 
     # -- data ----------------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -116,9 +142,9 @@ class CocoLM(Objective):
         if par.pipeline_model_parallel_size > 1:
             raise VegaInputError("--pipeline-model-parallel-size", "coco-lm trains at 1 only: the replacements drawn "
                                  "on the generator's last stage would have to reach the main model's first stage")
-        if cfg.embedding_sharing == "plain" and self.generator_config().hidden_size != main.hidden_size:
-            raise VegaInputError("--generator-hidden-size", "plain embedding sharing needs the main model's width "
-                                 f"({main.hidden_size})")
+        if cfg.embedding_sharing != "none" and self.generator_config().hidden_size != main.hidden_size:
+            raise VegaInputError("--generator-hidden-size", f"{cfg.embedding_sharing} embedding sharing needs the "
+                                 f"main model's width ({main.hidden_size})")
         if cfg.embedding_sharing == "plain" and par.overlap_grad_reduce:
             raise VegaInputError("--overlap-grad-reduce", "not with --embedding-sharing plain: the generator's "
                                  "gradients reach the shared table outside the main model's schedule")

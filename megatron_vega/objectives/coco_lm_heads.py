@@ -95,3 +95,30 @@ class SharedWordEmbeddings(torch.nn.Module):
 
     def forward(self, tokens):
         return self.owner(tokens)
+
+
+class DisentangledWordEmbeddings(torch.nn.Module):
+    """The main model's word embeddings under ``--embedding-sharing gdes`` (DeBERTa-v3's gradient-disentangled
+    sharing): sg(E) + E_Δ, with E the generator's table (``source``, set once the generator is built; not a
+    submodule, so the main model neither owns nor checkpoints it) and E_Δ its own zero-initialised table
+    (``delta``, a vocab-parallel embedding: ``word_embeddings.delta.weight``). The main model's losses train E_Δ
+    only, the generator's MLM loss trains E only (docs/coco_lm.md, "Embedding sharing")."""
+
+    def __init__(self, delta: torch.nn.Module):
+        super().__init__()
+        self.delta = delta
+        self.source = None
+
+    def set_source(self, source: torch.nn.Module) -> None:
+        object.__setattr__(self, "source", source)
+
+    @property
+    def weight(self):
+        """The table a tied head reads: sg(E) + E_Δ (vocab-parallel shard)."""
+        return self.source.weight.detach() + self.delta.weight
+
+    def forward(self, tokens):
+        # a lookup is linear in the table: the rows of sg(E) + E_Δ without materialising the sum
+        with torch.no_grad():
+            shared = self.source(tokens)
+        return shared + self.delta(tokens)

@@ -17,8 +17,9 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_vega.errors import VegaInputError
-from megatron_vega.model.weights import parameters_by_global_name, sharded_state_dict, stored_name
+from megatron_vega.model.weights import parameters_by_global_name, sharded_state_dict
 from megatron_vega.training.checkpoint_args import check_tensor_shapes
+from megatron_vega.training.checkpoint_view import CheckpointView, copy_into, stored_keys
 from megatron_vega.training.optimizer import allocate_adam_state, load_optimizer_state
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -146,23 +147,27 @@ def read_layout(root: str, iteration: int | None = None) -> dict:
 
 
 def load(root: str, chunks, optimizer, scheduler, with_optimizer: bool = True, with_rng: bool = True,
-         iteration: int | None = None) -> dict:
+         iteration: int | None = None, fresh=None) -> dict:
     """Load checkpoint `iteration` (default latest) under `root` into this rank's shards; returns its `extra` dict
     (iteration, consumed samples, config). RNG states are skipped when the layout changed (they are per TP/PP
-    rank); optimizer state is skipped when the checkpoint has none (converted weights)."""
+    rank); optimizer state is skipped when the checkpoint has none (converted weights). Tensors stored under other
+    names are read through checkpoint_view.py; ``fresh(key, stored)`` allows a weights-only load to leave tensors
+    the checkpoint lacks at their initial values (listed in the result's ``fresh``)."""
     path = checkpoint_path(root, iteration)
     common = dist_checkpointing.load_common_state_dict(str(path))
     with_optimizer = with_optimizer and common["extra"].get("has_optimizer", True)
     same_layout = common.get("layout") == _layout()
     with_rng = with_rng and same_layout and common["extra"].get("has_rng", True)
     state = _state(chunks, optimizer, scheduler, common.get("extra", {}), True, with_optimizer, with_rng)
+    view = CheckpointView(state["model"], stored_keys(path), fresh)
+    if with_optimizer and (view.fresh or view.renamed):
+        raise VegaInputError("--load", f"{path} holds no {(view.fresh + view.renamed)[0]} (another objective or "
+                                       "embedding sharing): its optimizer state does not carry over; load the "
+                                       "weights only with --finetune or --no-load-optim")
+    state["model"] = view.request
     check_tensor_shapes(path, state["model"])  # a model that does not match: one line, not a traceback
     loaded = dist_checkpointing.load(state, str(path))
-    params = parameters_by_global_name(chunks)
-    with torch.no_grad():
-        for key, tensor in loaded["model"].items():
-            for p in params[stored_name(key)]:
-                p.copy_(tensor)
+    copy_into(parameters_by_global_name(chunks), view.compose(loaded["model"]))
     if with_optimizer:
         load_optimizer_state(optimizer, loaded["optimizer"])
         scheduler.load_state_dict(loaded["scheduler"])
@@ -172,4 +177,5 @@ def load(root: str, chunks, optimizer, scheduler, with_optimizer: bool = True, w
     extra["rng_restored"] = "rng_state" in loaded
     extra["layout_changed"] = not same_layout
     extra["optimizer_restored"] = with_optimizer
+    extra["fresh"] = view.fresh
     return extra

@@ -110,8 +110,11 @@ class Trainer:
         flags_schedule = resume.schedule_of(self.scheduler)
         extra = checkpointing.load(ck.load, self.all_chunks, self.optimizer, self.scheduler,
                                    with_optimizer=not weights_only, with_rng=not (ck.no_load_rng or ck.finetune),
-                                   iteration=self.load_iteration)
+                                   iteration=self.load_iteration, fresh=self.objective.fresh_if_missing)
         notes = []
+        if extra["fresh"]:
+            notes.append(f"{len(extra['fresh'])} tensors not in it start fresh: "
+                         + ", ".join(sorted({key.split(".")[0] + ".*" for key in extra["fresh"]})))
         self.rng_restored = extra["rng_restored"]
         if extra["optimizer_restored"]:
             changed = resume.reconcile_schedule(self.scheduler, flags_schedule, ck.override_opt_param_scheduler,

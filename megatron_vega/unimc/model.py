@@ -7,14 +7,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_vega.model.attention_inputs import AttentionInputs
 from megatron_vega.model.build import build_model
 from megatron_vega.model.heads import MLM_HEAD
 from megatron_vega.model.weights import init_weights, parameters_by_global_name, sharded_state_dict
-from megatron_vega.training.checkpoint_args import check_tensor_shapes
+from megatron_vega.training.checkpoint_view import load_model_tensors
 from megatron_vega.training.checkpointing import checkpoint_path, publish
 from megatron_vega.unimc.layout import NOT_LABELLED
 from megatron_vega.unimc.losses import option_scores, vocab_columns
@@ -55,14 +55,8 @@ def build_unimc_model(model_cfg, tc, seed: int, yes_id: int, mask: str) -> UniMC
 
 def load_mlm(root: str, encoder) -> None:
     """Encoder and MLM head from a checkpoint (pretraining or UniMC) into this layout. Collective."""
-    path, state = checkpoint_path(root), sharded_state_dict([encoder])
-    check_tensor_shapes(path, state)  # a checkpoint without the MLM head: one line naming the missing tensors
-    loaded = dist_checkpointing.load({"model": state}, str(path))["model"]
-    params = parameters_by_global_name([encoder])
-    with torch.no_grad():
-        for key, tensor in loaded.items():
-            for p in params[key.split("@", 1)[0]]:
-                p.copy_(tensor)
+    # a checkpoint without the MLM head: one line naming the missing tensors
+    load_model_tensors(checkpoint_path(root), sharded_state_dict([encoder]), parameters_by_global_name([encoder]))
 
 
 def save_mlm(root: str, iteration: int, encoder, model_cfg, tokenizer_path: str, meta: dict) -> Path:

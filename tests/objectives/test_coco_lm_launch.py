@@ -76,3 +76,25 @@ def test_coco_lm_tp2_equals_dp2_resumes_at_tp1_and_refuses_pp2(tmp_path):
 
     refused = launch(SCRIPT, *FLAGS, "--pipeline-model-parallel-size", 2)
     assert "coco-lm trains at 1 only" in one_line_error(refused, "--pipeline-model-parallel-size")
+
+
+@pytest.mark.slow
+def test_coco_lm_gdes_tp2_resumes_exactly_at_tp1_and_bf16_stays_close(tmp_path):
+    """--embedding-sharing gdes: the checkpoint holds E (the generator's table) and E_Δ and no main table; the TP=2
+    run's step-2 checkpoint resumes in a fresh TP=1 process with steps 3 and 4 equal to TP=2's (every loss term and
+    rate); a bf16 run of the same 4 steps has finite losses within 2% of fp32's."""
+    gdes = (*FLAGS, "--embedding-sharing", "gdes")
+    tp2 = launch_ok(SCRIPT, *gdes, "--tensor-model-parallel-size", 2, "--save-interval", 2,
+                    "--save", tmp_path / "tp2", nproc=2)
+    stored = FileSystemReader(str(tmp_path / "tp2" / "iter_0000002")).read_metadata().state_dict_metadata
+    assert {"word_embeddings.delta.weight", "generator.word_embeddings.weight"} <= set(stored)
+    assert "word_embeddings.weight" not in stored
+    resumed = launch_ok(SCRIPT, *gdes, "--load", tmp_path / "tp2", "--ckpt-step", 2, nproc=1)
+    assert sorted(training_log(resumed.stdout)) == [3, 4]
+    assert_same_steps(tp2.stdout, resumed.stdout, (3, 4))
+
+    bf16 = launch_ok(SCRIPT, *gdes, "--bf16", nproc=1)
+    fp32_loss, bf16_loss = training_log(tp2.stdout), training_log(bf16.stdout)
+    for step in range(1, 5):
+        print(f"step {step}: fp32 {fp32_loss[step]['loss']:.6f} bf16 {bf16_loss[step]['loss']:.6f}")
+        assert bf16_loss[step]["loss"] == pytest.approx(fp32_loss[step]["loss"], rel=0.02), step
