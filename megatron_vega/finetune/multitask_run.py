@@ -74,9 +74,9 @@ class MultitaskFinetuner(Finetuner):
                     dist.all_reduce(logged, group=parallel_state.get_data_parallel_group())
                     task, adv, pdr = (logged / (n * self.dp)).tolist()
                     print_rank0(f"multitask epoch {epoch} step {step}/{total} | lr "
-                                f"{optimizer.param_groups[0]['lr']:.3e} | loss {task:.4f}"
+                                f"{optimizer.param_groups[0]['lr']:.3e} | loss {task:.6f}"
                                 + (f" | adv loss {adv:.4f}" if self.sift.sift else "")
-                                + (f" | pdr loss {pdr:.4g}" if self.pdr.pdr else "")
+                                + (f" | pdr loss {pdr:.6g}" if self.pdr.pdr else "")
                                 + (f" | grad norm {grad_norm:.3f}" if grad_norm is not None else "")
                                 + " | steps " + " ".join(f"{t} {c}" for t, c in zip(tasks, counts)))
                     logged.zero_()

@@ -146,9 +146,9 @@ class Finetuner:
                     dist.all_reduce(logged, group=parallel_state.get_data_parallel_group())
                     task, adv, pdr = (logged / (n * self.dp)).tolist()
                     print_rank0(f"{tag} epoch {epoch} step {step}/{total} | lr {optimizer.param_groups[0]['lr']:.3e}"
-                                f" | loss {task:.4f}" + (f" | adv loss {adv:.4f}" if self.sift.sift else "")
+                                f" | loss {task:.6f}" + (f" | adv loss {adv:.4f}" if self.sift.sift else "")
                                 + (f" | kd loss {adv:.4f}" if self.teacher is not None else "")
-                                + (f" | pdr loss {pdr:.4g}" if self.pdr is not None and self.pdr.pdr else "")
+                                + (f" | pdr loss {pdr:.6g}" if self.pdr is not None and self.pdr.pdr else "")
                                 + (f" | grad norm {grad_norm:.3f}" if grad_norm is not None else ""))
                     logged.zero_()
             score, metrics = evaluate()
