@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from megatron_vega.errors import VegaInputError
+from megatron_vega.finetune.config import FinetuneRun, OptimConfig, PdrConfig, TaskConfig
 from tests.launch import launch_ok
 
 _STEP = re.compile(r"epoch (\d+) step (\d+)/\d+ \| lr \S+ \| loss (\S+)(?: \| pdr loss (\S+))?")
@@ -33,12 +35,14 @@ def test_pdr_and_multitask_launches_at_tp2_and_dp2_repeat_one_process(shared_dat
             "multitask": _losses(launch_ok("finetune_superglue.py", *multitask).stdout),
             "multitask DP=2": _losses(launch_ok("finetune_superglue.py", *multitask, nproc=2).stdout),
             "multitask + pdr TP=2 bf16": _losses(launch_ok("finetune_superglue.py", *multitask, "--pdr", "--bf16",
-                                                           "--tensor-model-parallel-size", "2", nproc=2).stdout)}
+                                                           "--pdr-noise", "0.01", "--tensor-model-parallel-size", "2",
+                                                           nproc=2).stdout)}
     for name, losses in legs.items():
         print(name, losses)
         assert len(losses) == 2 if name.startswith("pdr") else len(losses) == 4, name
         assert all(math.isfinite(x) for row in losses.values() for x in row), name
-    assert all(row[1] > 0 for row in legs["pdr"].values())  # the PDR term is really there
+    for name in ("pdr", "multitask + pdr TP=2 bf16"):
+        assert all(row[1] > 0 for row in legs[name].values()), name  # the PDR term is really there
     for single, parallel in [("pdr", "pdr TP=2"), ("multitask", "multitask DP=2")]:
         assert legs[parallel].keys() == legs[single].keys()
         for step, row in legs[single].items():
@@ -46,3 +50,13 @@ def test_pdr_and_multitask_launches_at_tp2_and_dp2_repeat_one_process(shared_dat
     # bf16: the first step's task loss (the initial weights on the same batch) within bf16's precision of fp32's.
     first = min(legs["multitask"])
     assert legs["multitask + pdr TP=2 bf16"][first][0] == pytest.approx(legs["multitask"][first][0], rel=2e-2)
+
+
+def test_pdr_noise_below_bf16_precision_is_refused():
+    # At the default σ = 1e-5 the noisy bf16 embeddings round back to the clean ones: a PDR term of exactly 0.
+    run = FinetuneRun(task=TaskConfig(task="CB", data_dir="x"), optim=OptimConfig(bf16=True),
+                      pdr=PdrConfig(pdr=True), model_preset="tiny")
+    with pytest.raises(VegaInputError, match="--pdr-noise: 1e-05 rounds away in bf16"):
+        run.validate()
+    run.pdr.pdr_noise = 0.01
+    run.validate()
