@@ -4,12 +4,15 @@
 Tensor, pipeline (1F1B / interleaved) and data parallelism on megatron-core; bf16 / fp16; dist checkpoints that
 reshard and resume; --mock-data trains without files, --dry-run checks a layout for any WORLD_SIZE.
 """
-from megatron_vega.config import world_size
 from megatron_vega.errors import exit_on_input_error
-from megatron_vega.objectives.arguments import build_objective, build_parser, run_config
 
 
 def main(argv=None) -> None:
+    # Imported here, not at the top: dist_checkpointing's first save starts a spawn-context helper process, which
+    # imports this file again; a top-level import of megatron-core would cost it seconds per rank.
+    from megatron_vega.config import world_size
+    from megatron_vega.objectives.arguments import build_objective, build_parser, run_config
+
     args = build_parser(__doc__).parse_args(argv)
     with exit_on_input_error():
         run = run_config(args)

@@ -7,6 +7,8 @@
 # corpus; with --superglue-dir on a real task: <DIR>/<TASK>/{train,val,test}.jsonl as in the official download);
 # export to Hugging Face and reload in transformers. Everything lands in a new run directory.
 #   bash examples/quickstart.sh [--steps N] [--run-dir DIR] [--superglue-dir DIR [--superglue-task RTE]]
+# VEGA_SKIP_INSTALL=1 skips the install step in an environment tools/install.sh has just set up (the test suite's:
+# tools/run_tests.sh installs first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=60
@@ -36,7 +38,7 @@ elif [[ "$task" != RTE ]]; then
   echo "error: --superglue-task: the embedded sample is RTE; give --superglue-dir for $task" >&2; exit 2
 fi
 
-bash tools/install.sh
+[[ -n "${VEGA_SKIP_INSTALL:-}" ]] || bash tools/install.sh
 mkdir -p "$run_dir"
 export OMP_NUM_THREADS=1   # four ranks share two cores
 # Each launch picks a free rendezvous port itself unless MASTER_PORT names one (back-to-back launches on one

@@ -176,6 +176,11 @@ class FinetuneRun:
         if self.pdr.pdr and (self.prompt.prompt_tuning or self.pdr.pdr_noise <= 0 or self.pdr.pdr_alpha < 0):
             raise VegaInputError("--pdr", "needs --pdr-noise > 0 and --pdr-alpha >= 0, and not --prompt-tuning "
                                           "(the prompt owns the embedding hook)")
+        # bf16 keeps 8 significant bits: noise far below 2^-8 of the embedding scale rounds away, and the noisy
+        # posteriors equal the clean ones (a PDR term of exactly 0 at the default 1e-5).
+        if self.pdr.pdr and self.optim.bf16 and self.pdr.pdr_noise < 2 ** -8:
+            raise VegaInputError("--pdr-noise", f"{self.pdr.pdr_noise:g} rounds away in bf16 (8 significant bits): "
+                                                f"give --pdr-noise >= {2 ** -8:.4g} with --bf16, or train in fp32")
 
     def _validate_multitask(self) -> None:
         t, m = self.task, self.multitask

@@ -9,26 +9,21 @@ PDR and SiFT apply per step to the step's task (``Finetuner.loss`` is task-agnos
 """
 import json
 import time
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_vega import runtime
-from megatron_vega.config import ParallelConfig
 from megatron_vega.data.sampler import rank_microbatch_indices
 from megatron_vega.errors import VegaInputError
 from megatron_vega.finetune import checkpoint
 from megatron_vega.finetune.features import TextEncoder, make_samples
 from megatron_vega.finetune.multitask import TaskStream, batches_per_epoch, build_multitask_model, task_schedule
-from megatron_vega.finetune.run import Run, resolve_model
+from megatron_vega.finetune.run import Run, load_weights, saved_extra, set_up
 from megatron_vega.finetune.tasks import read_split, task_files
 from megatron_vega.finetune.trainer import Finetuner, Result, print_rank0
-from megatron_vega.model.build import transformer_config
 from megatron_vega.superglue.readers import label_texts
-from megatron_vega.training.checkpointing import check_save_dir
 
 
 class _OneHead:
@@ -79,9 +74,9 @@ class MultitaskFinetuner(Finetuner):
                     dist.all_reduce(logged, group=parallel_state.get_data_parallel_group())
                     task, adv, pdr = (logged / (n * self.dp)).tolist()
                     print_rank0(f"multitask epoch {epoch} step {step}/{total} | lr "
-                                f"{optimizer.param_groups[0]['lr']:.3e} | loss {task:.4f}"
+                                f"{optimizer.param_groups[0]['lr']:.3e} | loss {task:.6f}"
                                 + (f" | adv loss {adv:.4f}" if self.sift.sift else "")
-                                + (f" | pdr loss {pdr:.4g}" if self.pdr.pdr else "")
+                                + (f" | pdr loss {pdr:.6g}" if self.pdr.pdr else "")
                                 + (f" | grad norm {grad_norm:.3f}" if grad_norm is not None else "")
                                 + " | steps " + " ".join(f"{t} {c}" for t, c in zip(tasks, counts)))
                     logged.zero_()
@@ -99,22 +94,12 @@ class MultitaskRun:
     """A multi-task run: set up on construction (collective), executed by calling it."""
 
     def __init__(self, run):
-        self.start = time.perf_counter()
-        self.run, t, o = run, run.task, run.optim
+        self.start, self.run, t, o = time.perf_counter(), run, run.task, run.optim
         self.tasks = run.multitask.tasks
-        _, world = runtime.init_distributed()
-        self.model_cfg, self.tokenizer, extra = resolve_model(run)
-        par = ParallelConfig(tensor_model_parallel_size=o.tensor_model_parallel_size)
-        par.validate(self.model_cfg, world)
-        if t.save:
-            check_save_dir(t.save, t.load, t.overwrite)
-        runtime.init_model_parallel(o.tensor_model_parallel_size, 1, seed=o.seed)
-
-        tc = transformer_config(self.model_cfg, par, "bf16" if o.bf16 else "fp32")
+        self.model_cfg, self.tokenizer, extra, tc = set_up(run)
         self.model = build_multitask_model(self.tasks, self.model_cfg, tc, o.cls_dropout, o.seed)
         if t.load:
-            heads = checkpoint.checkpoint_heads(extra, dict(self.model.heads))
-            checkpoint.load(t.load, self.model, with_head=bool(heads), heads=heads)
+            heads = load_weights(t.load, self.model, extra, dict(self.model.heads))
             print_rank0(f"loaded {t.load}: encoder" + "".join(f", {p.strip('.')}" for p in heads))
         self.tuner = MultitaskFinetuner(self.model, o, run.sift, self.tokenizer.pad_id, pdr=run.pdr)
         encoder = TextEncoder(self.tokenizer, o.seq_length)
@@ -163,13 +148,9 @@ class MultitaskRun:
         if t.predict:
             summary["predictions"] = [path for view in self.views.values() for path in view.write(t.predict)]
         if t.save:
-            o = self.run.optim
-            extra = {"config": {"model": asdict(self.model_cfg),
-                                "data": {"tokenizer_model": str(Path(self.tokenizer.path).resolve())}},
-                     "finetune": {"tasks": self.tasks, "dev": summary.get("dev"),
-                                  "labels": {task: label_texts(task) for task in self.tasks},
-                                  "cls_dropout": o.cls_dropout, "seq_length": o.seq_length,
-                                  "copa_style": t.copa_style}}
+            extra = saved_extra(self.run, self.model_cfg, self.tokenizer,
+                                {"tasks": self.tasks, "dev": summary.get("dev"),
+                                 "labels": {task: label_texts(task) for task in self.tasks}})
             heads = {f"heads.{task}.": head for task, head in self.model.heads.items()}
             summary["saved"] = str(checkpoint.save(t.save, summary.get("steps", 0), self.model, extra, heads))
         summary["seconds"] = round(time.perf_counter() - self.start, 1)

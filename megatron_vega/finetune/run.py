@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch.distributed as dist
+from megatron.core.transformer import TransformerConfig
 
 from megatron_vega import runtime
 from megatron_vega.config import ModelConfig, ParallelConfig, inherited, model_preset
@@ -51,21 +52,47 @@ def resolve_model(run) -> tuple[ModelConfig, VegaTokenizer, dict]:
     return cfg, tokenizer, extra
 
 
+def set_up(run) -> tuple[ModelConfig, VegaTokenizer, dict, TransformerConfig]:
+    """The set-up every fine-tuning run shares (collective): the process group, the model config and tokenizer
+    (``resolve_model``), the layout and --save checked, model parallelism seeded; returns those and the
+    megatron-core config the model is built from."""
+    t, o = run.task, run.optim
+    _, world = runtime.init_distributed()
+    model_cfg, tokenizer, extra = resolve_model(run)
+    par = ParallelConfig(tensor_model_parallel_size=o.tensor_model_parallel_size)
+    par.validate(model_cfg, world)
+    if t.save:
+        check_save_dir(t.save, t.load, t.overwrite)
+    runtime.init_model_parallel(o.tensor_model_parallel_size, 1, seed=o.seed)
+    return model_cfg, tokenizer, extra, transformer_config(model_cfg, par, "bf16" if o.bf16 else "fp32")
+
+
+def load_weights(load: str, model, extra: dict, heads: dict) -> dict:
+    """Loads --load into ``model``: the encoder, and the heads of ``heads`` ({task: head}) the checkpoint has
+    (its head prefixes, empty when it has none)."""
+    found = checkpoint.checkpoint_heads(extra, heads)
+    checkpoint.load(load, model, with_head=bool(found), heads=found)
+    return found
+
+
+def saved_extra(run, model_cfg: ModelConfig, tokenizer: VegaTokenizer, finetune: dict) -> dict:
+    """A fine-tuned checkpoint's ``extra``: the model and tokenizer to rebuild it, and the fine-tuning record
+    (``finetune``'s entries plus the settings a later --load reads back)."""
+    o = run.optim
+    return {"config": {"model": asdict(model_cfg), "data": {"tokenizer_model": str(Path(tokenizer.path).resolve())}},
+            "finetune": {**finetune, "cls_dropout": o.cls_dropout, "seq_length": o.seq_length,
+                         "copa_style": run.task.copa_style}}
+
+
 class Run:
     """One fine-tuning run: set up on construction (collective), executed by calling it."""
 
     def __init__(self, run):
-        self.start = time.perf_counter()
-        self.run, t, o = run, run.task, run.optim
-        _, world = runtime.init_distributed()
-        self.model_cfg, self.tokenizer, extra = resolve_model(run)
-        par = ParallelConfig(tensor_model_parallel_size=o.tensor_model_parallel_size)
-        par.validate(self.model_cfg, world)
-        if t.save:
-            check_save_dir(t.save, t.load, t.overwrite)
+        t, o = run.task, run.optim
         if run.prompt.save_prompt and Path(run.prompt.save_prompt).exists() and not t.overwrite:
             raise VegaInputError(run.prompt.save_prompt, "exists; pass --overwrite to replace it")
-        runtime.init_model_parallel(o.tensor_model_parallel_size, 1, seed=o.seed)
+        self.start, self.run = time.perf_counter(), run
+        self.model_cfg, self.tokenizer, extra, tc = set_up(run)
 
         need_test = bool(t.predict or run.transductive.transductive_rounds)
         files = task_files(t, need_train=o.epochs > 0, need_test=need_test)
@@ -80,7 +107,6 @@ class Run:
 
         self.encoder = TextEncoder(self.tokenizer, o.seq_length)
         self.make_samples, collate_fn = make_samples, collate
-        tc = transformer_config(self.model_cfg, par, "bf16" if o.bf16 else "fp32")
         if t.format == "cloze":  # the LM head at a pattern's blank (finetune/cloze.py)
             from megatron_vega.finetune.cloze import build_cloze_model, collate_cloze
             self.model = build_cloze_model(run, [self.train, self.dev, self.test], self.model_cfg, self.tokenizer,
@@ -90,8 +116,7 @@ class Run:
         else:
             self.model = build_task_model(t.task, self.model_cfg, tc, o.cls_dropout, o.seed)
         if t.load:
-            heads = checkpoint.checkpoint_heads(extra, {t.task: self.model.head})  # a multi-task one too
-            checkpoint.load(t.load, self.model, with_head=bool(heads), heads=heads)
+            heads = load_weights(t.load, self.model, extra, {t.task: self.model.head})  # a multi-task one too
             print_rank0(f"loaded {t.load}: encoder" + (" and head" if heads else " (new head)"))
         self.prompt_origin, teacher, lam = None, None, 0.0
         if run.prompt.prompt_tuning:
@@ -191,11 +216,8 @@ class Run:
         if t.predict:
             summary["predictions"] = self.write(t.predict)
         if t.save:
-            extra = {"config": {"model": asdict(self.model_cfg),
-                                "data": {"tokenizer_model": str(Path(self.tokenizer.path).resolve())}},
-                     "finetune": {"task": t.task, "dev": summary.get("dev"), "labels": label_texts(t.task),
-                                  "cls_dropout": self.run.optim.cls_dropout, "seq_length": self.run.optim.seq_length,
-                                  "copa_style": t.copa_style}}
+            extra = saved_extra(self.run, self.model_cfg, self.tokenizer,
+                                {"task": t.task, "dev": summary.get("dev"), "labels": label_texts(t.task)})
             summary["saved"] = str(checkpoint.save(t.save, summary.get("steps", 0), self.model, extra))
         if self.run.prompt.save_prompt:
             meta = {"task": t.task, "dev": summary.get("dev"), "panda": None, **self.prompt_origin}

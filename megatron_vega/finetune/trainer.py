@@ -116,7 +116,7 @@ class Finetuner:
         """The log's text for the second and third loss parts ``loss`` returns."""
         return ((f" | adv loss {second:.4f}" if self.sift.sift else "")
                 + (f" | kd loss {second:.4f}" if self.teacher is not None else "")
-                + (f" | pdr loss {third:.4g}" if self.pdr is not None and self.pdr.pdr else ""))
+                + (f" | pdr loss {third:.6g}" if self.pdr is not None and self.pdr.pdr else ""))
 
     # -- training -------------------------------------------------------------------------------------------------
     def _optimizer_and_schedule(self, total_steps: int):
@@ -167,7 +167,7 @@ class Finetuner:
                     dist.all_reduce(logged, group=parallel_state.get_data_parallel_group())
                     task, second, third = (logged / (n * self.dp)).tolist()
                     print_rank0(f"{tag} epoch {epoch} step {step}/{total} | lr {optimizer.param_groups[0]['lr']:.3e}"
-                                f" | loss {task:.4f}" + self.log_parts(second, third)
+                                f" | loss {task:.6f}" + self.log_parts(second, third)
                                 + (f" | grad norm {grad_norm:.3f}" if grad_norm is not None else ""))
                     logged.zero_()
             score, metrics = evaluate()

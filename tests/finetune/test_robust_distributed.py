@@ -5,42 +5,16 @@ import pytest
 import torch
 
 from tests.distributed import spawn
+from tests.finetune.helpers import loss_and_grads
 
 
 def _loss_and_grads(tp: int, spm_path: str, data_file: str, sift: bool):
-    from megatron.core.distributed import finalize_model_grads
+    from megatron_vega.finetune.config import PdrConfig, SiftConfig
 
-    from megatron_vega import runtime
-    from megatron_vega.config import ParallelConfig, model_preset
-    from megatron_vega.data.tokenizer import VegaTokenizer
-    from megatron_vega.finetune.config import OptimConfig, PdrConfig, SiftConfig
-    from megatron_vega.finetune.features import TextEncoder, collate, make_samples
-    from megatron_vega.finetune.task_model import build_task_model
-    from megatron_vega.finetune.trainer import Finetuner
-    from megatron_vega.model.build import transformer_config
-    from megatron_vega.model.weights import gather_full_state_dict
-    from megatron_vega.superglue.formats import build_instances
-    from megatron_vega.superglue.readers import read_examples
-
-    runtime.init_model_parallel(tp, 1, seed=7)
-    tokenizer = VegaTokenizer(spm_path)
-    cfg = model_preset("tiny", vocab_size=tokenizer.vocab_size, hidden_dropout=0.0, attention_dropout=0.0)
-    model = build_task_model("CB", cfg, transformer_config(cfg, ParallelConfig(tensor_model_parallel_size=tp)),
-                             0.0, seed=7)
-    with torch.no_grad():  # confident posteriors (a fresh head's are near-uniform), for a sizeable PDR term
-        model.head.classifier.weight.mul_(100.0)
-    # A large noise so that the PDR term is far from zero (and a noise differing across TP ranks would show).
-    tuner = Finetuner(model, OptimConfig(micro_batch_size=4), SiftConfig(sift=sift), tokenizer.pad_id,
-                      pdr=PdrConfig(pdr=True, pdr_divergence="js", pdr_noise=0.5))
-    instances = build_instances("CB", read_examples("CB", data_file)[:4])
-    batch = collate(make_samples("CB", TextEncoder(tokenizer, 64), instances, training=False), tokenizer.pad_id)
-    torch.manual_seed(11)  # the noise comes from the default generator
-    loss, parts = tuner.loss(batch)
-    loss.backward()
-    finalize_model_grads([tuner.ddp])
-    grads = gather_full_state_dict([model.encoder], grads=True)
-    grads.update({name: p.main_grad.clone() for name, p in model.head.named_parameters()})
-    return loss.item(), parts.tolist(), grads
+    # Confident posteriors (a fresh head's are near-uniform) and a large noise, so that the PDR term is far from
+    # zero (and a noise differing across TP ranks would show).
+    return loss_and_grads(tp, spm_path, "CB", data_file, SiftConfig(sift=sift),
+                          PdrConfig(pdr=True, pdr_divergence="js", pdr_noise=0.5), head_scale=100.0)
 
 
 def _multitask_steps_at_dp2(spm_path: str, superglue: str):

@@ -5,10 +5,11 @@
 import importlib.util
 from pathlib import Path
 
-import toy_objective  # noqa: F401  (registers "toy"; this script's folder is first on sys.path)
-
 
 def pretrain_main():
+    # Imported here, not at the top, as in pretrain_vega.py: dist_checkpointing's spawn helper re-imports this file.
+    import toy_objective  # noqa: F401  (registers "toy"; this script's folder is first on sys.path)
+
     path = Path(__file__).resolve().parents[2] / "pretrain_vega.py"
     spec = importlib.util.spec_from_file_location("pretrain_vega", path)
     module = importlib.util.module_from_spec(spec)

@@ -10,13 +10,15 @@ COMMON = ("--model-preset", "tiny", "--num-layers", "4", "--seq-length", "64", "
           "--global-batch-size", "8", "--mock-data", "--seed", "7", "--lr", "1e-3", "--lr-warmup-iters", "1",
           "--lr-decay-iters", "6", "--clip-grad", "0.5", "--log-interval", "1", "--save-interval", "3")
 
-# Each option appears at least once; TP, PP and DP > 1 each appear among the cases; each case runs on 4 ranks.
+# Each option appears at least once; TP, PP and DP > 1 each appear among the cases; each case runs on 4 ranks. Both
+# CPU attention cores (--attention-backend, docs/attention.md) resume exactly at TP=2: cpu in fp32, sdpa in bf16.
 CASES = {
     "tp2-pp2-full-recompute": ("--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
-                               "--recompute-granularity", "full"),
-    # The vega-6b recipe's option set (examples/pretrain_vega6b.sh) at a tiny size.
+                               "--recompute-granularity", "full", "--attention-backend", "cpu"),
+    # The vega-6b recipe's option set (examples/pretrain_vega6b.sh) at a tiny size, on the sdpa core.
     "tp2-dp2-vega6b-options": ("--tensor-model-parallel-size", "2", "--sequence-parallel",
-                               "--use-distributed-optimizer", "--recompute-activations", "--bf16"),
+                               "--use-distributed-optimizer", "--recompute-activations", "--bf16",
+                               "--attention-backend", "sdpa"),
     "pp2-dp2-interleaved-fp16": ("--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage",
                                  "1", "--use-distributed-optimizer", "--fp16"),
 }
@@ -35,6 +37,9 @@ def test_resume_in_fresh_processes_repeats_the_straight_run(tmp_path, case):
         print(f"{step:>4}  {straight[step]['loss']:.6f} / {straight[step]['grad_norm']:.3f}   "
               f"{resumed[step]['loss']:.6f} / {resumed[step]['grad_norm']:.3f}")
     assert "loaded" in resumed_run.stdout and "RNG states not restored" not in resumed_run.stdout
+    backend = dict(zip(CASES[case], CASES[case][1:])).get("--attention-backend")
+    if backend:  # the core asked for is the one that ran
+        assert f"attention core {backend}" in resumed_run.stdout
     assert sorted(resumed) == [4, 5, 6]
     for step, row in resumed.items():
         assert row == straight[step], step  # bit-identical: same layout, same state
@@ -74,8 +79,12 @@ def test_schedule_and_load_mistakes_stop_in_one_line(tmp_path):
     kept = training_log(launch_ok("pretrain_vega.py", *run, "--train-iters", "5", "--load", ckpt, "--save",
                                   tmp_path / "kept", "--use-checkpoint-opt-param-scheduler").stdout)
     assert [kept[i]["lr"] for i in (4, 5)] == [0.0, 0.0]  # the checkpoint's schedule ended at step 3
-    one_line_error(launch("pretrain_vega.py", *run, "--train-iters", "6", "--load", tmp_path / "no-such-dir"),
-                   "--load")
+    missing = one_line_error(launch("pretrain_vega.py", *run, "--train-iters", "6", "--load",
+                                    tmp_path / "no-such-dir"), "--load")
+    # Under torchrun every rank refuses it: the line still comes once (not once per rank), and the launch fails.
+    refused = launch("pretrain_vega.py", *run, "--train-iters", "6", "--load", tmp_path / "no-such-dir", nproc=2)
+    assert refused.returncode != 0 and refused.stderr.count("error: ") == 1 and missing in refused.stderr, \
+        refused.stderr
     # The requeue pattern: --load is the --save directory, empty on the first launch.
     first = launch_ok("pretrain_vega.py", *run, "--train-iters", "1", "--load", tmp_path / "requeue", "--save",
                       tmp_path / "requeue")
