@@ -6,6 +6,7 @@ gloo and installs the minimal shims megatron-core 0.16 needs on CPU (see docs/me
 the CPU, and ``Tensor.type()`` answering with the ``torch.cuda.*`` names megatron-core compares against.
 On a CPU without bf16 matrix units it also computes the matrix products of bf16/fp16 tensors in fp32 (in_fp32).
 """
+import atexit
 import datetime
 import functools
 import logging
@@ -254,7 +255,15 @@ def init_distributed() -> tuple[int, int]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend(), init_method=init_method, rank=rank, world_size=world,
                             timeout=datetime.timedelta(minutes=30))
+    # Left to interpreter teardown, gloo's threads can die with "terminate called without an active exception"
+    # and a non-zero exit after a run that finished; every entry point joins here, so it leaves here too.
+    atexit.register(_leave_process_group)
     return rank, world
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def init_model_parallel(tp: int, pp: int, vp: int | None = None, seed: int = 1234) -> None:
