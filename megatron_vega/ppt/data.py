@@ -17,16 +17,15 @@ Everything is drawn from ``numpy.random.default_rng((seed, stream))``: the same 
 every rank and in every run. Documents are split into train and dev before anything is drawn, so the dev
 accuracy is measured on sentences (and negatives) of documents the prompt never saw.
 """
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from megatron_vega.data import text_input
 from megatron_vega.errors import VegaInputError
+from megatron_vega.superglue.readers import read_jsonl_records
 from megatron_vega.unimc.layout import capped_lengths
 
 TASKS = ("nsp3", "nss", "unified", "single")
@@ -224,19 +223,15 @@ def build_examples(task: str, docs, v: Vocab, budget: int, seed: int, stream: in
 def single_examples(path: str, encode, v: Vocab, budget: int, thresholds: Sequence[float]) -> list[PPTExample]:
     """[CLS] text [MASK] [SEP] from pseudo-labelled JSONL ``{"text", "label": 0..K-1, "prob"}`` (a classifier's
     output); a record is kept when its prob exceeds its label's threshold (records without prob are kept)."""
-    if not Path(path).is_file():
-        raise VegaInputError(path, "no such file")
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for line in read_jsonl_records(path):
+        rec, where = line.obj, line.where
         try:
-            rec = json.loads(line)
             text, label, prob = str(rec["text"]), rec["label"], float(rec.get("prob", 1.0))
         except (ValueError, KeyError, TypeError):
-            raise VegaInputError(f"{path}:{n}", 'expected {"text": str, "label": int, "prob": float}') from None
+            raise VegaInputError(where, 'expected {"text": str, "label": int, "prob": float}') from None
         if not (isinstance(label, int) and 0 <= label < len(v.label_ids)):
-            raise VegaInputError(f"{path}:{n}", f'"label" must be an int in [0, {len(v.label_ids)})')
+            raise VegaInputError(where, f'"label" must be an int in [0, {len(v.label_ids)})')
         if prob > thresholds[label] or "prob" not in rec:
             ids = encode(text)[:budget - 3]
             out.append(PPTExample((v.cls_id, *ids, v.mask_id, v.sep_id), len(ids) + 1, label, len(v.label_ids)))

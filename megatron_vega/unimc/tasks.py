@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from megatron_vega.errors import VegaInputError
-from megatron_vega.superglue.readers import DATA_LABELS, read_examples
+from megatron_vega.superglue.readers import DATA_LABELS, read_examples, read_jsonl_records
 from megatron_vega.superglue.scoring import evaluate
 from megatron_vega.superglue.submission import atomic_write_bytes, write_predictions
 from megatron_vega.unimc.config import CHOICE_TASKS, GENERIC, prediction_path
@@ -61,30 +61,23 @@ def superglue_items(task: str, examples) -> list[tuple[object, ChoiceItem]]:
 
 def read_generic(path: str) -> list[dict]:
     """Generic MC JSONL; "label" is the right option's index or text (absent: unlabelled), "idx" defaults to the
-    line number."""
-    if not Path(path).is_file():
-        raise VegaInputError(path, "no such file")
+    record's position in the file."""
     records = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise VegaInputError(f"{path}:{n}", f"not JSON ({err.msg})") from None
+    for n, line in enumerate(read_jsonl_records(path)):
+        rec, where = line.obj, line.where
         options = rec.get("options")
         if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
-            raise VegaInputError(f"{path}:{n}", '"options" must be a list of at least two strings')
+            raise VegaInputError(where, '"options" must be a list of at least two strings')
         label = rec.get("label")
         if isinstance(label, str):
             if label not in options:
-                raise VegaInputError(f"{path}:{n}", f'"label" {label!r} is not one of the options')
+                raise VegaInputError(where, f'"label" {label!r} is not one of the options')
             label = options.index(label)
         if label is not None and not (isinstance(label, int) and 0 <= label < len(options)):
-            raise VegaInputError(f"{path}:{n}", f'"label" must be an option index or text, got {rec.get("label")!r}')
-        records.append({"idx": rec.get("idx", n - 1), "item": ChoiceItem(str(rec.get("question", "")),
-                                                                        str(rec.get("passage", "")),
-                                                                        tuple(options), label)})
+            raise VegaInputError(where, f'"label" must be an option index or text, got {rec.get("label")!r}')
+        records.append({"idx": rec.get("idx", n), "item": ChoiceItem(str(rec.get("question", "")),
+                                                                    str(rec.get("passage", "")),
+                                                                    tuple(options), label)})
     if not records:
         raise VegaInputError(path, "no record")
     return records
